@@ -5,7 +5,21 @@ Importing the package registers `ScaledDotAttention` with Keras, so a saved
 """
 
 from keras_attn.attention import ScaledDotAttention
+from keras_attn.inference import inference
+from keras_attn.models import build_sentiment_model
+from keras_attn.pretrained import load_pretrained
+from keras_attn.saving import load_model, save_model
+from keras_attn.text import TextEncoder
 
 __version__ = "0.1.0"
 
-__all__ = ["ScaledDotAttention", "__version__"]
+__all__ = [
+    "ScaledDotAttention",
+    "TextEncoder",
+    "build_sentiment_model",
+    "inference",
+    "load_model",
+    "load_pretrained",
+    "save_model",
+    "__version__",
+]

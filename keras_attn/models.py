@@ -82,9 +82,10 @@ def build_sentiment_model(
     if pooling == "flatten":
         pooled = layers.Flatten(name="flatten")(context)
     else:
-        pooled = layers.GlobalAveragePooling1D(name="mean")(
-            context, mask=padding
-        )
+        # Context is already 0 at padding (query mask); an all-padding row
+        # divides by 1 instead of 0, where Keras's masked average gives NaN.
+        real = ops.sum(ops.cast(padding, context.dtype), axis=1, keepdims=True)
+        pooled = ops.sum(context, axis=1) / ops.maximum(real, 1.0)
     if dropout:
         pooled = layers.Dropout(dropout, name="dropout")(pooled)
     probability = layers.Dense(1, activation="sigmoid", name="probability")(
