@@ -1,0 +1,245 @@
+"""Turn raw sentences into the fixed-length id rows the sentiment model reads.
+
+This is the one definition used by both training (via ``keras_attn.text``) and
+the onnxruntime server, so that both see exactly the same ids. It depends on
+plain Python and numpy only: importing it must never pull in TensorFlow or
+Keras.
+
+Id layout (format 1): 0 is padding, 1 is an out-of-vocabulary word, and
+``vocabulary[i]`` is id ``i + 2``. Unlike the Keras 2 ``Tokenizer``, which
+silently dropped unknown words, unknown words are kept as id 1 so every word
+the user typed keeps its position and attention can be shown over it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["TextEncoder", "CLEANING", "FORMAT_VERSION", "PAD_ID", "OOV_ID", "OOV_TOKEN"]
+
+#: Version of the JSON written by `TextEncoder.to_json`; bump it whenever the
+#: id layout or the meaning of a key changes.
+FORMAT_VERSION = 1
+
+#: The tutorial's cleaning rule: lowercase, then every run of characters
+#: other than a-z and 0-9 becomes a single space, then strip. It is written
+#: into the JSON so a vocabulary is never used with a different rule.
+CLEANING = {"lowercase": True, "pattern": "[^a-z0-9]+", "replacement": " "}
+_SEPARATORS = re.compile(CLEANING["pattern"])
+
+PAD_ID = 0
+OOV_ID = 1
+_FIRST_WORD_ID = 2
+
+#: How `TextEncoder.tokens` shows an unknown word. The brackets cannot survive
+#: cleaning, so this marker never collides with a real vocabulary word.
+OOV_TOKEN = "[UNK]"
+
+
+class TextEncoder:
+    """Map text to padded rows of word ids with a fixed vocabulary.
+
+    Args:
+        vocabulary: the known words, most useful first; ``vocabulary[i]`` gets
+            id ``i + 2``. Each must be a single already-cleaned word.
+        seq_len: length of every encoded row; longer texts are cut at the end,
+            shorter ones padded at the end (like ``pad_sequences(...,
+            padding="post", truncating="post")`` in the tutorial).
+        labels: class names, in the order of the model's output units.
+    """
+
+    def __init__(
+        self,
+        vocabulary: Sequence[str],
+        seq_len: int = 32,
+        labels: Sequence[str] = ("negative", "positive"),
+    ) -> None:
+        self._vocabulary = _str_tuple(vocabulary, "vocabulary")
+        self._labels = _str_tuple(labels, "labels")
+        is_int = isinstance(seq_len, (int, np.integer)) and not isinstance(seq_len, bool)
+        if not is_int or seq_len < 1:
+            raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
+        self._seq_len = int(seq_len)
+
+        # A word that cleaning would alter could never be matched by encode().
+        for word in self._vocabulary:
+            if self.tokenize(word) != [word]:
+                raise ValueError(f"vocabulary entry {word!r} is not a single cleaned word")
+        if len(set(self._vocabulary)) != len(self._vocabulary):
+            raise ValueError("vocabulary contains duplicate words")
+        if not self._labels or len(set(self._labels)) != len(self._labels):
+            raise ValueError(f"labels must be non-empty and unique, got {self._labels!r}")
+
+        self._ids = {word: i for i, word in enumerate(self._vocabulary, _FIRST_WORD_ID)}
+
+    @classmethod
+    def fit(
+        cls,
+        texts: str | Iterable[str],
+        num_words: int = 1000,
+        seq_len: int = 32,
+        labels: Sequence[str] = ("negative", "positive"),
+    ) -> TextEncoder:
+        """Build an encoder from the ``num_words - 2`` most frequent words.
+
+        Every id is then below ``num_words`` (ids 0 and 1 are reserved), so
+        ``vocab_size == num_words`` when the corpus has enough distinct words.
+        Ties are broken by word, ascending, so the result does not depend on
+        the order of ``texts``.
+        """
+        if num_words < _FIRST_WORD_ID:
+            raise ValueError(f"num_words must be at least {_FIRST_WORD_ID}, got {num_words}")
+        counts = Counter()
+        for text in _as_texts(texts):
+            counts.update(cls.tokenize(text))
+        ranked = sorted(counts, key=lambda word: (-counts[word], word))
+        return cls(ranked[: num_words - _FIRST_WORD_ID], seq_len=seq_len, labels=labels)
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """Known words; ``vocabulary[i]`` has id ``i + 2``."""
+        return self._vocabulary
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of distinct ids, padding and OOV included: the embedding's input_dim."""
+        return len(self._vocabulary) + _FIRST_WORD_ID
+
+    @property
+    def seq_len(self) -> int:
+        """Length of every encoded row."""
+        return self._seq_len
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class names in the order of the model's output units."""
+        return self._labels
+
+    @staticmethod
+    def clean(text: str) -> str:
+        """Apply the cleaning rule `CLEANING`: ``"Don't STOP!"`` becomes ``"don t stop"``."""
+        return _SEPARATORS.sub(CLEANING["replacement"], text.lower()).strip()
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        """Split cleaned text into words; empty for text without any a-z/0-9."""
+        return TextEncoder.clean(text).split()
+
+    def encode(self, texts: str | Iterable[str]) -> np.ndarray:
+        """Encode texts into an int32 array of shape ``(len(texts), seq_len)``.
+
+        A single string is encoded as a batch of one.
+        """
+        texts = _as_texts(texts)
+        rows = np.zeros((len(texts), self._seq_len), dtype=np.int32)  # PAD_ID == 0
+        lookup = self._ids.get
+        for i, text in enumerate(texts):
+            words = self.tokenize(text)[: self._seq_len]
+            ids = [lookup(word, OOV_ID) for word in words]
+            rows[i, : len(ids)] = ids
+        return rows
+
+    def tokens(self, text: str) -> list[str]:
+        """The words of ``text`` as the model sees them, for labelling attention maps.
+
+        Item ``i`` is the word at position ``i`` of ``encode(text)[0]``; unknown
+        words appear as `OOV_TOKEN` and the list stops at ``seq_len`` (padding
+        positions are not listed).
+        """
+        words = self.tokenize(text)[: self._seq_len]
+        return [word if word in self._ids else OOV_TOKEN for word in words]
+
+    def to_json(self) -> str:
+        """Serialise to JSON, recording the format version and the cleaning rule."""
+        return json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "cleaning": CLEANING,
+                "seq_len": self._seq_len,
+                "labels": list(self._labels),
+                "vocabulary": list(self._vocabulary),
+            },
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> TextEncoder:
+        """Rebuild an encoder written by `to_json`.
+
+        Raises:
+            ValueError: the JSON is malformed, of an unknown format version,
+                or was built with a cleaning rule other than this module's
+                (its ids would silently mean different words).
+        """
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("text encoder JSON must be an object")
+        version = data.get("format")
+        if isinstance(version, bool) or version != FORMAT_VERSION:
+            raise ValueError(
+                f"unsupported text encoder format {version!r}; "
+                f"this code reads format {FORMAT_VERSION}"
+            )
+        if data.get("cleaning") != CLEANING:
+            raise ValueError(
+                f"text encoder was built with cleaning rule {data.get('cleaning')!r}, "
+                f"but this code cleans with {CLEANING!r}; re-fit the encoder"
+            )
+        try:
+            return cls(data["vocabulary"], seq_len=data["seq_len"], labels=data["labels"])
+        except KeyError as missing:
+            raise ValueError(f"text encoder JSON lacks the key {missing}") from None
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """Write `to_json` to ``path`` as UTF-8."""
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | PathLike[str]) -> TextEncoder:
+        """Read an encoder written by `save`."""
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+
+    def _key(self) -> tuple:
+        return self._vocabulary, self._seq_len, self._labels
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TextEncoder):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"TextEncoder(vocab_size={self.vocab_size}, seq_len={self._seq_len}, "
+            f"labels={self._labels!r})"
+        )
+
+
+def _as_texts(texts: str | Iterable[str]) -> list[str]:
+    """Accept one string or an iterable of strings; reject anything else early."""
+    if isinstance(texts, str):
+        return [texts]
+    texts = list(texts)
+    for text in texts:
+        if not isinstance(text, str):
+            raise TypeError(f"expected str, got {type(text).__name__}: {text!r:.60}")
+    return texts
+
+
+def _str_tuple(items: Sequence[str], name: str) -> tuple[str, ...]:
+    # A bare string would otherwise be taken as a sequence of characters.
+    if isinstance(items, str):
+        raise TypeError(f"{name} must be a sequence of str, not a str: {items!r:.60}")
+    items = tuple(items)
+    if not all(isinstance(item, str) for item in items):
+        raise TypeError(f"{name} must contain only str, got {items!r:.60}")
+    return items

@@ -1,0 +1,209 @@
+"""Tests for the TF-free text encoder shared by training and serving."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from export.text import CLEANING, OOV_TOKEN, TextEncoder
+
+CORPUS = ["The cat sat.", "the CAT ran!", "a dog; the end"]
+# Counts: the 3, cat 2, then a/dog/end/ran/sat 1 each; the tie goes to "a".
+ENCODER = TextEncoder.fit(CORPUS, num_words=5, seq_len=6)
+
+
+def test_fit_keeps_most_frequent_words_and_breaks_ties_alphabetically():
+    assert ENCODER.vocabulary == ("the", "cat", "a")
+    assert ENCODER.vocab_size == 5
+    assert ENCODER.seq_len == 6
+    assert ENCODER.labels == ("negative", "positive")
+
+
+def test_fit_does_not_depend_on_corpus_order():
+    assert TextEncoder.fit(CORPUS[::-1], num_words=5, seq_len=6) == ENCODER
+
+
+def test_fit_on_small_corpus_gives_smaller_vocabulary():
+    encoder = TextEncoder.fit(["b a b"], num_words=1000)
+    assert encoder.vocabulary == ("b", "a")
+    assert encoder.vocab_size == 4
+
+
+def test_fit_rejects_num_words_without_room_for_reserved_ids():
+    with pytest.raises(ValueError, match="num_words"):
+        TextEncoder.fit(CORPUS, num_words=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "cleaned"),
+    [
+        ("Don't STOP!", "don t stop"),
+        ("  Héllo, WORLD!!  42\tx ", "h llo world 42 x"),
+        ("I ❤️ NY\x00\x85", "i ny"),
+        ("...", ""),
+        ("", ""),
+    ],
+)
+def test_clean_applies_the_tutorial_rule(text, cleaned):
+    assert TextEncoder.clean(text) == cleaned
+
+
+def test_tokenize_splits_cleaned_text():
+    assert TextEncoder.tokenize("Hi--there, 2 you") == ["hi", "there", "2", "you"]
+    assert TextEncoder.tokenize(" ,; ") == []
+
+
+def test_encode_maps_unknown_words_to_one_and_pads_at_the_end():
+    rows = ENCODER.encode("The dog ate a cat!")
+    np.testing.assert_array_equal(rows, [[2, 1, 1, 4, 3, 0]])
+    assert rows.dtype == np.int32
+
+
+def test_encode_truncates_at_the_end():
+    rows = ENCODER.encode(["cat cat the a the cat the dog", "", "?!"])
+    np.testing.assert_array_equal(rows, [[3, 3, 2, 4, 2, 3], [0] * 6, [0] * 6])
+
+
+def test_encode_of_empty_batch_has_zero_rows():
+    assert ENCODER.encode([]).shape == (0, 6)
+
+
+def test_encode_rejects_non_string_items():
+    with pytest.raises(TypeError, match="expected str"):
+        ENCODER.encode([b"bytes"])
+
+
+def test_tokens_label_the_encoded_positions():
+    assert ENCODER.tokens("The dog ate a cat!") == ["the", OOV_TOKEN, OOV_TOKEN, "a", "cat"]
+    assert ENCODER.tokens("cat " * 10) == ["cat"] * 6
+
+
+@pytest.mark.parametrize(
+    "vocabulary",
+    [["Cat"], ["two words"], ["dog", "dog"], [""]],
+)
+def test_constructor_rejects_words_encode_could_never_match(vocabulary):
+    with pytest.raises(ValueError, match="vocabulary"):
+        TextEncoder(vocabulary)
+
+
+def test_constructor_rejects_a_bare_string_vocabulary():
+    with pytest.raises(TypeError, match="vocabulary"):
+        TextEncoder("abc")
+
+
+@pytest.mark.parametrize("seq_len", [0, -1, 2.5, True])
+def test_constructor_rejects_bad_seq_len(seq_len):
+    with pytest.raises(ValueError, match="seq_len"):
+        TextEncoder(["a"], seq_len=seq_len)
+
+
+def test_json_records_format_and_cleaning_rule():
+    data = json.loads(ENCODER.to_json())
+    assert data == {
+        "format": 1,
+        "cleaning": {"lowercase": True, "pattern": "[^a-z0-9]+", "replacement": " "},
+        "seq_len": 6,
+        "labels": ["negative", "positive"],
+        "vocabulary": ["the", "cat", "a"],
+    }
+
+
+def test_save_and_load_round_trip(tmp_path):
+    encoder = TextEncoder(["x", "y"], seq_len=3, labels=("bad", "good", "ünïcode"))
+    encoder.save(tmp_path / "encoder.json")
+    assert TextEncoder.load(tmp_path / "encoder.json") == encoder
+
+
+def _json_with(**changes):
+    data = json.loads(ENCODER.to_json())
+    data.update(changes)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cleaning": {**CLEANING, "pattern": "[^a-z]+"}}, "cleaning rule"),
+        ({"cleaning": {**CLEANING, "lowercase": False}}, "cleaning rule"),
+        ({"format": 2}, "format"),
+        ({"format": True}, "format"),
+        ({"format": None}, "format"),
+    ],
+)
+def test_from_json_refuses_foreign_rule_or_format(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TextEncoder.from_json(_json_with(**changes))
+
+
+def test_from_json_reports_a_missing_key():
+    data = json.loads(ENCODER.to_json())
+    del data["vocabulary"]
+    with pytest.raises(ValueError, match="vocabulary"):
+        TextEncoder.from_json(json.dumps(data))
+
+
+def test_equality_compares_content():
+    assert TextEncoder(["a"], seq_len=4) == TextEncoder(("a",), seq_len=4)
+    assert hash(TextEncoder(["a"], seq_len=4)) == hash(TextEncoder(("a",), seq_len=4))
+    assert TextEncoder(["a"], seq_len=4) != TextEncoder(["a"], seq_len=5)
+    assert TextEncoder(["a"]) != TextEncoder(["a"], labels=("no", "yes"))
+    assert TextEncoder(["a", "b"]) != TextEncoder(["b", "a"])
+
+
+def test_importing_the_encoder_does_not_import_tensorflow_or_keras():
+    code = (
+        "import sys, export.text; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+# Text that mixes known words (in any case) with arbitrary unicode, so that
+# properties are exercised on known, unknown and empty tokens alike.
+WORDS = ["the", "cat", "a", "dog", "THE", "Cat"]
+TEXTS = st.lists(st.one_of(st.sampled_from(WORDS), st.text()), max_size=40).map(" ".join)
+
+
+@given(texts=st.lists(TEXTS, max_size=5), corpus=st.lists(TEXTS, max_size=5),
+       num_words=st.integers(2, 8), seq_len=st.integers(1, 10))
+def test_any_unicode_encodes_to_valid_ids(texts, corpus, num_words, seq_len):
+    encoder = TextEncoder.fit(corpus, num_words=num_words, seq_len=seq_len)
+    rows = encoder.encode(texts)
+    assert rows.shape == (len(texts), seq_len)
+    assert rows.dtype == np.int32
+    assert encoder.vocab_size <= num_words
+    assert ((rows >= 0) & (rows < encoder.vocab_size)).all()
+    np.testing.assert_array_equal(encoder.encode(texts), rows)
+
+
+@given(text=TEXTS)
+def test_single_string_encodes_like_a_batch_of_one(text):
+    np.testing.assert_array_equal(ENCODER.encode(text), ENCODER.encode([text]))
+
+
+@given(text=TEXTS)
+def test_tokens_align_with_encoded_ids(text):
+    (row,) = ENCODER.encode(text)
+    tokens = ENCODER.tokens(text)
+    assert len(tokens) == np.count_nonzero(row)
+    assert (row[len(tokens):] == 0).all()  # padding only after the words
+    for token, word_id in zip(tokens, row):
+        expected = OOV_TOKEN if word_id == 1 else ENCODER.vocabulary[word_id - 2]
+        assert token == expected
+
+
+@given(corpus=st.lists(TEXTS, max_size=5), num_words=st.integers(2, 8),
+       labels=st.lists(st.text(), min_size=1, max_size=3, unique=True), text=TEXTS)
+def test_json_round_trip_preserves_encoder_and_encodings(corpus, num_words, labels, text):
+    encoder = TextEncoder.fit(corpus, num_words=num_words, seq_len=7, labels=labels)
+    restored = TextEncoder.from_json(encoder.to_json())
+    assert restored == encoder
+    np.testing.assert_array_equal(restored.encode(text), encoder.encode(text))
