@@ -1,0 +1,202 @@
+"""export.runtime.SentimentPredictor against Keras, its input checks, threads and imports."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from export.runtime import Prediction, SentimentPredictor
+from export.to_onnx import convert, load_keras
+from test_export_support import ROOT, SENTENCES, attention_model, keras_outputs, padded_ids, sentiment
+
+ODD_TEXTS = [
+    "",
+    "   ",
+    "?!...;;",
+    " ".join(["good"] * 10_000),
+    "😀🎬👍 great 💩",
+    "bad\x00\x07\x1b[31m\r\nfilm\t",
+    "ÉNORME réussite, très drôle",
+    "a" * 100_000,
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("runtime")
+    keras_path, _, _ = sentiment(folder)
+    model = load_keras(keras_path)
+    onnx_path = folder / "sentiment.onnx"
+    convert(model, onnx_path)
+    return model, onnx_path
+
+
+@pytest.fixture(scope="module")
+def predictor(exported):
+    return SentimentPredictor(exported[1])
+
+
+def test_predict_proba_matches_keras(exported, predictor):
+    model, _ = exported
+    ids = model.text_encoder.encode(SENTENCES)
+    expected = keras_outputs(model, [ids], None)["probability"][:, 0]
+    got = predictor.predict_proba(SENTENCES)
+    assert got.shape == (len(SENTENCES),)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_run_ids_returns_model_outputs(exported, predictor):
+    model, _ = exported
+    ids = padded_ids(np.random.default_rng(1), 40, model.text_encoder.seq_len, model.text_encoder.vocab_size)
+    out = predictor.run_ids(ids)
+    expected = keras_outputs(model, [ids], None)
+    assert set(out) == {"probability", "attention"}
+    assert out["probability"].shape == (40, 1) and out["attention"].shape == (40, 8, 8)
+    for name in out:
+        np.testing.assert_allclose(out[name], expected[name], atol=1e-5)
+
+
+def test_chunking_gives_the_same_results(exported):
+    small = SentimentPredictor(exported[1], chunk_size=7)
+    big = SentimentPredictor(exported[1], chunk_size=10_000)
+    ids = padded_ids(np.random.default_rng(2), 50, 8, small.vocab_size)
+    a, b = small.run_ids(ids), big.run_ids(ids)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-6)
+    assert small.run_ids(ids[:0])["attention"].shape == (0, 8, 8)
+
+
+def test_predict_labels_and_attention_over_words(exported, predictor):
+    model, _ = exported
+    encoder = model.text_encoder
+    texts = SENTENCES + ["zzz unknownword great"]
+    results = predictor.predict(texts)
+    expected = keras_outputs(model, [encoder.encode(texts)], None)
+    assert len(results) == len(texts)
+    for text, result, p, weights in zip(texts, results, expected["probability"][:, 0], expected["attention"]):
+        assert isinstance(result, Prediction) and result.text == text
+        assert result.probability == pytest.approx(float(p), abs=1e-5)
+        assert result.label == ("positive" if p >= 0.5 else "negative")
+        words = encoder.tokens(text)
+        assert [w for w, _ in result.attention] == words
+        n = len(words)
+        reference = np.mean(weights[:n, :n], axis=0)  # real query rows, real keys
+        np.testing.assert_allclose([w for _, w in result.attention], reference, atol=1e-5)
+        assert sum(w for _, w in result.attention) == pytest.approx(1.0, abs=1e-5)
+    assert "[UNK]" in [w for w, _ in results[-1].attention]
+    top = results[0].top(2)
+    assert len(top) == 2 and top[0][1] >= top[1][1]
+    json.dumps(results[0].to_dict())
+
+
+def test_single_string_is_one_text(predictor):
+    assert predictor.predict_proba("a great film").shape == (1,)
+    assert len(predictor.predict("a great film")) == 1
+    assert predictor.predict("a great film")[0].text == "a great film"
+
+
+@pytest.mark.parametrize("text", ODD_TEXTS, ids=range(len(ODD_TEXTS)))
+def test_odd_texts_get_an_answer(predictor, text):
+    (result,) = predictor.predict([text])
+    assert result.label in predictor.labels
+    assert 0.0 <= result.probability <= 1.0
+    assert len(result.attention) <= predictor.seq_len
+    if result.attention:
+        assert sum(w for _, w in result.attention) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_empty_text_has_no_attention(predictor):
+    assert predictor.predict("!!!")[0].attention == ()
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        (np.zeros((2, 8), np.float32) + 0.5, "integers"),
+        (np.zeros((2, 8), bool), "integers"),
+        (np.array(["a"] * 8)[None], "integers"),
+        (np.zeros(8, np.int32), "shape"),
+        (np.zeros((2, 7), np.int32), "shape"),
+        (np.zeros((2, 8, 1), np.int32), "shape"),
+        (np.full((2, 8), 10_000, np.int64), "outside the vocabulary"),
+        (np.full((2, 8), -1, np.int32), "outside the vocabulary"),
+        ([[1, 2], [3]], "ids"),
+    ],
+)
+def test_run_ids_validates_input(predictor, ids, message):
+    with pytest.raises(ValueError, match=message):
+        predictor.run_ids(ids)
+
+
+def test_run_ids_accepts_other_integer_types(predictor):
+    ids = [[2, 3, 4, 0, 0, 0, 0, 0]]
+    a = predictor.run_ids(ids)["probability"]
+    b = predictor.run_ids(np.array(ids, np.int64))["probability"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_string_text_is_refused(predictor):
+    with pytest.raises(TypeError):
+        predictor.predict_proba([1, 2])
+
+
+def test_threads_share_one_predictor(predictor):
+    texts = [f"{SENTENCES[i % len(SENTENCES)]} {'great ' * (i % 5)}" for i in range(64)]
+    serial = {i: predictor.predict_proba(texts[i]) for i in range(len(texts))}
+    failures = []
+
+    def worker(k):
+        try:
+            for j in range(500):
+                i = (k * 31 + j) % len(texts)
+                if not np.array_equal(predictor.predict_proba(texts[i]), serial[i]):
+                    failures.append((k, j))
+        except Exception as error:  # pragma: no cover - reported below
+            failures.append(error)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+
+
+def test_file_without_encoder_is_refused(tmp_path):
+    path = tmp_path / "plain.onnx"
+    convert(attention_model("scale_none"), path)
+    with pytest.raises(ValueError, match="no text encoder"):
+        SentimentPredictor(path)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        SentimentPredictor(tmp_path / "nope.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"\x00junk")
+    with pytest.raises(ValueError, match="not a usable ONNX model"):
+        SentimentPredictor(tmp_path / "junk.onnx")
+
+
+def test_runtime_never_imports_tensorflow_or_keras(exported, tmp_path):
+    code = (
+        "import sys\n"
+        "import export.runtime\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'tf2onnx') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from export.runtime import SentimentPredictor\n"
+        f"p = SentimentPredictor({str(exported[1])!r})\n"
+        "p.predict(['a great film', ''])\n"
+        "p.predict_proba('boring')\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')]\n"
+        "assert not heavy, heavy\n"
+        "print('clean')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "clean"
