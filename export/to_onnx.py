@@ -317,15 +317,27 @@ def load_keras(path):
 
 
 def _load_reason(error: Exception) -> str:
+    # The useful part of Keras's messages is often deep inside: search the
+    # whole chain, report a short line.
+    chain, seen = [], set()
+    cause = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        chain.append(" ".join(str(cause).split()))
+        cause = cause.__cause__ or cause.__context__
+    full = " ".join(chain)
     text = _line(error)
-    if "Lambda" in text and "safe_mode" in text:
+    if "Lambda" in full and "safe_mode" in full:
         return "it contains a Lambda layer, whose code is not run with safe mode on (Lambda layers cannot be exported)"
-    match = re.search(r"Could not locate class '([^']+)'", text)
+    match = re.search(r"Could not locate (?:class|function) '([^']+)'", full)
     if match:
         return (
-            f"unknown layer or object '{match.group(1)}': register it with "
-            "@keras.saving.register_keras_serializable and import its module before converting"
+            f"unknown layer or object '{match.group(1)}': only standard Keras layers and "
+            "ScaledDotAttention are known here (from Python, register it with "
+            "@keras.saving.register_keras_serializable and import it before convert())"
         )
+    if "config.json" in full:
+        return "not a Keras model: the archive has no config.json"
     if isinstance(error, (zipfile.BadZipFile, EOFError)) or "zip" in text.lower():
         return f"damaged .keras archive ({text})"
     return f"{type(error).__name__}: {text}"
@@ -799,7 +811,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="X",
         help=f"largest accepted max |diff| per output (default: {DEFAULT_TOLERANCE:g})",
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks, library logs and progress even when not on a terminal"
+    )
     return parser
 
 
@@ -832,7 +846,15 @@ def main(argv=None) -> int:
     if output is not None:
         _check_writable(output)  # fail before the slow imports
     started = time.perf_counter()
-    print("loading TensorFlow...", file=sys.stderr, flush=True)
+    # Progress lines on an interactive terminal (or with --debug) only, so a
+    # failure in a script or CI log is exactly one "error:" line.
+    chatty = args.debug or sys.stderr.isatty()
+
+    def progress(message: str) -> None:
+        if chatty:
+            print(f"{message}...", file=sys.stderr, flush=True)
+
+    progress("loading TensorFlow")
     with silenced_stderr(not args.debug):
         _import_tf2onnx()
         _import_keras()
@@ -841,10 +863,6 @@ def main(argv=None) -> int:
     if output is None:
         output = Path(f"{source.stem}.onnx")
         _check_writable(output)
-
-    def progress(message: str) -> None:
-        print(f"{message}...", file=sys.stderr, flush=True)
-
     report = convert(
         source,
         output,
