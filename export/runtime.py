@@ -257,13 +257,11 @@ class SentimentPredictor:
                 raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
         if ids.ndim != 2 or (self._fixed_length and ids.shape[1] != self.seq_len) or ids.shape[1] == 0:
             raise ValueError(f"ids must have shape (n, {self.seq_len}), got {ids.shape}")
-        if ids.size:
+        # One reduction: seen as unsigned, a negative id is huge.
+        if ids.size and int(ids.view(f"u{ids.dtype.itemsize}").max()) >= self.vocab_size:
             low, high = int(ids.min()), int(ids.max())
-            if low < 0 or high >= self.vocab_size:
-                bad = low if low < 0 else high
-                raise ValueError(
-                    f"id {bad} is outside the vocabulary: ids must be in [0, {self.vocab_size})"
-                )
+            bad = low if low < 0 else high
+            raise ValueError(f"id {bad} is outside the vocabulary: ids must be in [0, {self.vocab_size})")
         if ids.dtype != np.int32 or not ids.flags.c_contiguous:
             ids = np.ascontiguousarray(ids, dtype=np.int32)
         return ids

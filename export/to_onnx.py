@@ -774,9 +774,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.to_onnx",
         description=(
-            "Convert a Keras model (.keras, with its text encoder) to a self-contained ONNX file, "
-            "then check it on onnxruntime against Keras. Without MODEL, converts the bundled "
-            "pretrained sentiment model (keras_attn/pretrained/sentiment.keras). The file is "
+            "Convert a Keras model (.keras, with its text encoder) to a self-contained ONNX file,\n"
+            "then check it on onnxruntime against Keras. Without MODEL, converts the bundled\n"
+            "pretrained sentiment model (keras_attn/pretrained/sentiment.keras). The file is\n"
             "written atomically: on any failure nothing is left and an existing file is unchanged."
         ),
         epilog=(

@@ -8,6 +8,8 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from export.runtime import Prediction, SentimentPredictor
 from export.to_onnx import convert, load_keras
@@ -109,6 +111,17 @@ def test_odd_texts_get_an_answer(predictor, text):
         assert sum(w for _, w in result.attention) == pytest.approx(1.0, abs=1e-5)
 
 
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(max_size=300))
+def test_any_text_gets_an_answer_aligned_with_its_words(predictor, text):
+    (result,) = predictor.predict(text)
+    assert 0.0 <= result.probability <= 1.0
+    assert [w for w, _ in result.attention] == predictor.encoder.tokens(text)
+    if result.attention:
+        assert sum(w for _, w in result.attention) == pytest.approx(1.0, abs=1e-5)
+        assert all(w >= 0 for _, w in result.attention)
+
+
 def test_empty_text_has_no_attention(predictor):
     assert predictor.predict("!!!")[0].attention == ()
 
@@ -135,8 +148,11 @@ def test_run_ids_validates_input(predictor, ids, message):
 def test_run_ids_accepts_other_integer_types(predictor):
     ids = [[2, 3, 4, 0, 0, 0, 0, 0]]
     a = predictor.run_ids(ids)["probability"]
-    b = predictor.run_ids(np.array(ids, np.int64))["probability"]
-    np.testing.assert_array_equal(a, b)
+    for dtype in (np.int64, np.uint8, np.uint64, np.int16):
+        np.testing.assert_array_equal(predictor.run_ids(np.array(ids, dtype))["probability"], a)
+    # A non-contiguous view is fine too.
+    wide = np.array([[2, 9, 3, 9, 4, 9] + [0] * 10], np.int32)
+    np.testing.assert_array_equal(predictor.run_ids(wide[:, ::2])["probability"], a)
 
 
 def test_non_string_text_is_refused(predictor):
