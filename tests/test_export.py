@@ -51,8 +51,9 @@ def converted(tmp_path_factory):
         if name not in cache:
             if name == "two_inputs":
                 model = two_input_model()
-            elif name == "sentiment":
-                path, model, _ = sentiment(folder)
+            elif name in ("sentiment", "lstm"):
+                options = {"encoder": "lstm"} if name == "lstm" else {}
+                path, model, _ = sentiment(folder, name=f"{name}.keras", **options)
                 model = to_onnx.load_keras(path)
             else:
                 model = attention_model(name)
@@ -98,6 +99,26 @@ def test_parity_two_inputs_list_outputs(converted, n, seed):
 def test_parity_sentiment_model(converted, n, seed):
     conv = converted("sentiment")
     _check_parity(conv, {"tokens": padded_ids(np.random.default_rng(seed), n, SEQ_LEN, conv.model.text_encoder.vocab_size)})
+
+
+@settings(max_examples=6, deadline=None)
+@given(n=st.integers(1, 64), seed=st.integers(0, 2**32 - 1))
+def test_parity_lstm_sentiment_model(converted, n, seed):
+    conv = converted("lstm")
+    _check_parity(conv, {"tokens": padded_ids(np.random.default_rng(seed), n, SEQ_LEN, conv.model.text_encoder.vocab_size)})
+
+
+def test_random_verification_inputs_are_valid_and_padded():
+    signature = to_onnx._Signature(two_input_model())
+    feeds, kind = signature.sample(None, seed=0)
+    assert "random" in kind
+    for name, length in (("queries", 5), ("values", 9)):
+        ids = feeds[name]
+        assert ids.dtype == np.int32 and ids.shape == (16, length)
+        assert 0 <= ids.min() and ids.max() < VOCAB  # inside the Embedding
+        assert (ids == 0).all(axis=1).any() and (ids != 0).all(axis=1).any()
+        # Padding only at the end of each row.
+        assert all(np.all(np.diff((row != 0).astype(int)) <= 0) for row in ids)
 
 
 def test_graph_is_valid_named_and_ordered(converted):

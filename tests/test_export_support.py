@@ -97,11 +97,12 @@ def two_input_model():
 CONFIGS = ["scale_none", "scale_float", "use_scale", "concat", "causal", "three_inputs", "dropout", "variable_length"]
 
 
-def sentiment(directory, *, seq_len=SEQ_LEN, name="sentiment.keras"):
+def sentiment(directory, *, seq_len=SEQ_LEN, name="sentiment.keras", **hp):
     """A small untrained sentiment model saved with its encoder; returns (path, model, encoder)."""
     keras.utils.set_random_seed(0)
     encoder = TextEncoder.fit(SENTENCES, num_words=30, seq_len=seq_len)
-    model = build_sentiment_model(encoder.vocab_size, seq_len, embedding_dim=8, units=12, kernel_size=3)
+    hp = {"embedding_dim": 8, "units": 12, "kernel_size": 3, **hp}
+    model = build_sentiment_model(encoder.vocab_size, seq_len, **hp)
     # Larger embeddings than the default init, so attention is not uniform.
     embedding = model.get_layer("embedding")
     embedding.embeddings.assign(np.random.default_rng(0).normal(0, 1.5, embedding.embeddings.shape))
