@@ -1,0 +1,225 @@
+"""``python -m benchmarks``: options, the order of the run, and the JSON file."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+__all__ = ["MODES", "main", "run"]
+
+ALL_BATCHES = (1, 32, 64, 256, 512, 1024)
+
+#: budget_s: seconds of timing per path and batch size (batch 1: batch1_budget_s,
+#: for its p99); rounds: turns the paths take; cold_repeats: new processes per kind.
+MODES = {
+    "full": dict(batches=ALL_BATCHES, budget_s=1.0, batch1_budget_s=5.0, rounds=5, min_calls=5,
+                 cold_repeats=3, matmul=(1024, 10)),
+    "quick": dict(batches=ALL_BATCHES, budget_s=0.4, batch1_budget_s=2.0, rounds=3, min_calls=3,
+                  cold_repeats=1, matmul=(1024, 5)),
+    "smoke": dict(batches=(1, 8, 64), budget_s=0.01, batch1_budget_s=0.02, rounds=1, min_calls=2,
+                  cold_repeats=1, matmul=(256, 3)),
+}
+
+DEFAULT_JSON = "benchmark.json"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=(
+            "Time the sentiment model on Keras (predict, eager), tf.function, Keras's own ONNX export "
+            "on onnxruntime, and export.runtime.SentimentPredictor (fp32, int8), on the same real "
+            "sentences. Prints a markdown report (ratios against tf.function first) with pass/fail "
+            "lines for the speed targets; progress goes to stderr."
+        ),
+        epilog="Numbers on a shared machine drift: compare ratios from one run, not absolute times across runs.",
+    )
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--quick", action="store_true", help="fewer repeats: about a minute")
+    speed.add_argument("--smoke", action="store_true", help="tiny batches and repeats, to check the harness runs (seconds)")
+    parser.add_argument("--model", metavar="PATH", help="a .keras model saved with its text encoder "
+                        "(default: the bundled pretrained model, else an untrained stand-in)")
+    parser.add_argument("--data", metavar="DIR", help="the sentiment data set folder (default: $KERAS_ATTN_DATA, "
+                        "then /work/shared/data/sentiment_labelled_sentences; else generated sentences)")
+    parser.add_argument("--json", metavar="PATH", default=DEFAULT_JSON,
+                        help=f"where to write every number as JSON (default: ./{DEFAULT_JSON})")
+    parser.add_argument("--batches", metavar="N,N", help="batch sizes to time (default: " +
+                        ",".join(map(str, ALL_BATCHES)) + ")")
+    parser.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads for SentimentPredictor "
+                        "(default: its own default, one per core)")
+    parser.add_argument("--workdir", metavar="DIR", help="keep the exported files in DIR (default: a temporary folder)")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold-start processes")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def machine() -> dict:
+    import numpy
+    import onnxruntime
+
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_average_start": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def run(options: argparse.Namespace) -> dict:
+    """Do the whole run; return the results (what goes to JSON)."""
+    from benchmarks import coldstart, flops, inputs, paths as paths_mod, timing
+
+    mode_name = "smoke" if options.smoke else "quick" if options.quick else "full"
+    mode = dict(MODES[mode_name])
+    if options.batches:
+        mode["batches"] = tuple(sorted({int(b) for b in options.batches.split(",")}))
+    batches = mode["batches"]
+    cold_kinds = [] if options.no_cold else list(coldstart.CHILDREN)
+    total = 6 + sum(mode["rounds"] for _ in batches) + len(cold_kinds)
+    progress = timing.Progress(total, enabled=not options.quiet)
+    started = time.perf_counter()
+    results: dict = {"schema": 1, "mode": mode_name, "settings": {k: v for k, v in mode.items()},
+                     "machine": machine()}
+
+    progress.step("importing TensorFlow and Keras")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from export.cli import silenced_stderr
+
+    with silenced_stderr(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import keras
+        import tensorflow as tf
+
+        import keras_attn
+        from export.to_onnx import convert
+    results["machine"].update(tensorflow=tf.__version__, keras=keras.__version__)
+
+    with contextlib.ExitStack() as stack:
+        if options.workdir:
+            workdir = Path(options.workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="keras-attn-bench-")))
+
+        progress.step("loading sentences and the model")
+        texts, data_source = inputs.load_texts(options.data)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            model_path, model_source = inputs.resolve_model(options.model, workdir, texts, progress.say)
+            model = keras_attn.load_model(model_path)
+        encoder = model.text_encoder
+        if encoder is None:
+            raise SystemExit(f"error: {model_path} carries no text encoder (save it with keras_attn.save_model)")
+        if not texts:
+            texts, data_source = inputs.generated_texts(encoder.vocabulary), f"generated sentences ({data_source})"
+        import numpy as np
+
+        pool = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))]
+        results["model"] = {"path": str(model_path), "source": model_source, "name": model.name,
+                            "params": int(model.count_params()), "seq_len": encoder.seq_len,
+                            "vocab_size": encoder.vocab_size}
+        results["data"] = {"source": data_source, "sentences": len(texts)}
+
+        progress.step("exporting: export.to_onnx.convert (fp32 + int8) and keras model.export")
+        ours = workdir / "sentiment.onnx"
+        keras_onnx = workdir / "keras_export.onnx"
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), silenced_stderr():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            report = convert(model, ours, quantize=True, encoder=encoder)
+            convert_s = time.perf_counter() - t
+            t = time.perf_counter()
+            model.export(str(keras_onnx), format="onnx")
+            keras_export_s = time.perf_counter() - t
+        int8 = report.quantization.path if report.quantization else None
+        results["export"] = {"convert_s": convert_s, "convert_steps_s": report.seconds, "keras_export_s": keras_export_s,
+                             "parity": report.parity}
+        results["files"] = {name: os.path.getsize(p) for name, p in
+                            [("keras", model_path), ("keras onnx", keras_onnx), ("runtime fp32", ours),
+                             ("runtime int8", int8)] if p}
+
+        progress.step("FLOPs per sentence and numpy sgemm rate")
+        results["flops"] = flops.count_flops(model)
+        n, reps = mode["matmul"]
+        results["matmul"] = flops.matmul_rate(n, reps)
+
+        progress.step("building the paths (tf.function trace, onnxruntime sessions)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs = paths_mod.build_paths(model, str(keras_onnx), str(ours), str(int8) if int8 else None,
+                                         threads=options.threads)
+            sample_texts = pool[:64]
+            results["agreement_max_abs_diff"] = paths_mod.check_agreement(runs, encoder.encode(sample_texts), sample_texts)
+
+        per_path: dict[str, dict] = {name: {} for name in runs}
+        for batch in batches:
+            batch_texts = [pool[i % len(pool)] for i in range(batch)]
+            ids = encoder.encode(batch_texts)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                samples = timing.time_batch(
+                    runs, ids, batch_texts, budget_s=mode["batch1_budget_s"] if batch == 1 else mode["budget_s"],
+                    rounds=mode["rounds"], min_calls=mode["min_calls"], progress=progress, label=f"batch {batch}",
+                )
+            for name, times in samples.items():
+                per_path[name][str(batch)] = timing.summarize(times, batch)
+        baseline = per_path[paths_mod.BASELINE]
+        rate = results["matmul"]["flops_per_s"]
+        for name, by_batch in per_path.items():
+            for batch, summary in by_batch.items():
+                summary["speedup_vs_baseline"] = baseline[batch]["median_ms"] / summary["median_ms"]
+                summary["flops_per_s"] = summary["sentences_per_s"] * results["flops"]["total"]
+                summary["roofline_share"] = summary["flops_per_s"] / rate
+        results["baseline"] = paths_mod.BASELINE
+        results["batches"] = list(batches)
+        results["paths"] = per_path
+        del runs
+
+        results["cold_start"] = {}
+        for kind in cold_kinds:
+            progress.step(f"cold start: {kind} ({mode['cold_repeats']}x)")
+            path = model_path if kind.startswith("keras") else ours
+            results["cold_start"][kind] = coldstart.cold_start(kind, path, pool[0], mode["cold_repeats"])
+
+    progress.step("report")
+    from benchmarks import report as report_mod
+
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    results["targets"] = report_mod.targets(results)
+    results["elapsed_s"] = time.perf_counter() - started
+    return results
+
+
+def main(argv=None) -> int:
+    options = _parser().parse_args(argv)
+    if options.threads is not None and options.threads < 1:
+        _parser().error("--threads must be >= 1")
+    results = run(options)
+    from benchmarks import report
+
+    print(report.markdown(results))
+    path = Path(options.json)
+    path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    if not options.quiet:
+        print(f"wrote {path} ({results['elapsed_s']:.0f}s run)", file=sys.stderr)
+    return 0

@@ -1,0 +1,125 @@
+"""The markdown report and the pass/fail targets, both computed from the results dict."""
+
+from __future__ import annotations
+
+__all__ = ["RUNTIME", "TEXT", "markdown", "targets"]
+
+RUNTIME = "runtime fp32"
+TEXT = "runtime fp32 text"
+KERAS_COLD = "keras load_model + predict"
+RUNTIME_COLD = "runtime SentimentPredictor"
+
+
+def _target(name: str, measured, threshold: str, ok) -> dict:
+    return {"name": name, "measured": measured, "threshold": threshold,
+            "status": "n/a" if ok is None else "PASS" if ok else "FAIL"}
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's targets as ``{"name", "measured", "threshold", "status"}`` (PASS, FAIL or n/a)."""
+    runtime = results["paths"].get(RUNTIME, {})
+    text = results["paths"].get(TEXT, {})
+    out = []
+    for batch, need in (("1", 15.0), ("1024", 1.5)):
+        speedup = runtime.get(batch, {}).get("speedup_vs_baseline")
+        out.append(_target(f"runtime vs tf.function at batch {batch}", speedup, f">= {need}x",
+                           None if speedup is None else speedup >= need))
+    rates = {int(b): s["sentences_per_s"] for b, s in runtime.items()}
+    large = {b: r for b, r in rates.items() if b >= 64}
+    if large and rates:
+        best = max(rates.values())
+        worst = min(large, key=large.get)
+        share = large[worst] / best
+        out.append(_target(f"runtime throughput at batch >= 64 vs best batch (worst: {worst})", share, ">= 0.8",
+                           share >= 0.8 if len(large) > 1 or max(rates) >= 1024 else None))
+    else:
+        out.append(_target("runtime throughput at batch >= 64 vs best batch", None, ">= 0.8", None))
+    shares = {b: text[b]["sentences_per_s"] / runtime[b]["sentences_per_s"] for b in text if b in runtime}
+    if shares:
+        worst = min(shares, key=shares.get)
+        out.append(_target(f"raw-text vs token-id throughput (worst: batch {worst})", shares[worst], ">= 0.5",
+                           shares[worst] >= 0.5))
+    cold = results.get("cold_start", {})
+    if KERAS_COLD in cold and RUNTIME_COLD in cold:
+        ratio = cold[KERAS_COLD]["wall_s"] / cold[RUNTIME_COLD]["wall_s"]
+        out.append(_target("cold start: Keras wall time / runtime wall time", ratio, ">= 10x", ratio >= 10))
+    if RUNTIME_COLD in cold:
+        rss = cold[RUNTIME_COLD]["peak_rss_mib"]
+        out.append(_target("cold start: runtime peak RSS (MiB)", rss, "<= 100", rss <= 100))
+    return out
+
+
+def _rate(x: float) -> str:
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g} "
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "--:" for i in range(len(header))) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    batches = [str(b) for b in results["batches"]]
+    paths = results["paths"]
+    base = results["baseline"]
+    fl = results["flops"]
+    rate = results["matmul"]["flops_per_s"]
+    out = [
+        f"# keras-attn benchmarks ({results['mode']} run, {results['elapsed_s']:.0f} s)",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), load average "
+        f"{m['load_average_start'][0]:.2f} -> {m['load_average_end'][0]:.2f}; {m['date']}",
+        f"- Python {m['python']}, onnxruntime {m['onnxruntime']}, TensorFlow {m['tensorflow']}, "
+        f"Keras {m['keras']}, numpy {m['numpy']}",
+        f"- Model: {results['model']['source']} ({results['model']['params']:,} params, seq_len "
+        f"{results['model']['seq_len']}); inputs: {results['data']['sentences']} sentences, {results['data']['source']}",
+        f"- FLOPs per sentence: {_si(fl['total'])}FLOP (" + ", ".join(f"{k} {_si(v)}" for k, v in fl["layers"].items())
+        + f"); numpy sgemm {results['matmul']['n']}^2 best of {results['matmul']['repeats']}: {_si(rate)}FLOP/s",
+        "",
+        f"## Speed relative to {base} (x faster per call, medians from this run; higher is better)",
+        "",
+    ]
+    out += _table(["path"] + [f"batch {b}" for b in batches],
+                  [[name] + [f"{by[b]['speedup_vs_baseline']:.2f}x" for b in batches] for name, by in paths.items()])
+    out += ["", "## Absolute (median; sentences/s; roofline = achieved FLOP/s / numpy sgemm FLOP/s)", ""]
+    rows = []
+    for name, by in paths.items():
+        best = max(by.values(), key=lambda s: s["sentences_per_s"])
+        rows.append([name, f"{by['1']['p50_ms']:.3f}" if "1" in by else "-", f"{by['1']['p99_ms']:.3f}" if "1" in by else "-"]
+                    + [_rate(by[b]["sentences_per_s"]) for b in batches] + [f"{100 * best['roofline_share']:.1f}%"])
+    out += _table(["path", "p50 ms b=1", "p99 ms b=1"] + [f"sent/s b={b}" for b in batches] + ["roofline (best)"], rows)
+    if TEXT in paths and RUNTIME in paths:
+        out += ["", "## Raw text (encoding included) vs token ids, runtime fp32", ""]
+        out += _table(["batch", "ids sent/s", "text sent/s", "text / ids"],
+                      [[b, _rate(paths[RUNTIME][b]["sentences_per_s"]), _rate(paths[TEXT][b]["sentences_per_s"]),
+                        f"{paths[TEXT][b]['sentences_per_s'] / paths[RUNTIME][b]['sentences_per_s']:.2f}"] for b in batches])
+    cold = results.get("cold_start", {})
+    if cold:
+        out += ["", "## Cold start (new process: import, load, first prediction; median wall, max peak RSS)", ""]
+        out += _table(["process", "wall s", "import s", "load s", "first predict s", "peak RSS MiB", "runs"],
+                      [[k, f"{c['wall_s']:.2f}", f"{c['import_s']:.2f}", f"{c['load_s']:.3f}",
+                        f"{c['first_predict_s']:.3f}", f"{c['peak_rss_mib']:.0f}", str(c["repeats"])] for k, c in cold.items()])
+    e = results["export"]
+    steps = ", ".join(f"{k} {v:.2f}" for k, v in e["convert_steps_s"].items() if k != "total")
+    out += ["", "## Export and files", "",
+            f"- export.to_onnx.convert (fp32 + int8, verified): {e['convert_s']:.2f} s ({steps}); "
+            f"keras model.export(format='onnx'): {e['keras_export_s']:.2f} s",
+            "- sizes: " + ", ".join(f"{k} {v / 1024:.0f} KiB" for k, v in results["files"].items()),
+            "- max |probability - tf.function| on 64 sentences: "
+            + ", ".join(f"{k} {v:.1e}" for k, v in results["agreement_max_abs_diff"].items() if k != base),
+            "", "## Targets", ""]
+    for t in results["targets"]:
+        value = "-" if t["measured"] is None else f"{t['measured']:.2f}"
+        out.append(f"- **{t['status']}** {t['name']}: {value} (target {t['threshold']})")
+    return "\n".join(out)

@@ -1,0 +1,72 @@
+"""Interleaved timing: paths take turns so that a noisy neighbour hits them all alike."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+__all__ = ["Progress", "summarize", "time_batch"]
+
+
+class Progress:
+    """Plain-text progress on stderr: ``[3/17] batch 256, round 2/5``."""
+
+    def __init__(self, total: int, stream=None, enabled: bool = True) -> None:
+        import sys
+
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.stream = stream or sys.stderr
+        self.started = time.perf_counter()
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        self.say(f"[{self.done}/{self.total}] {message}")
+
+    def say(self, message: str) -> None:
+        if self.enabled:
+            elapsed = time.perf_counter() - self.started
+            print(f"{message}  ({elapsed:.0f}s)", file=self.stream, flush=True)
+
+
+def time_batch(paths: dict, ids, texts, *, budget_s: float, rounds: int, min_calls: int, warmup: int = 2,
+               progress: Progress | None = None, label: str = "") -> dict[str, list[float]]:
+    """Seconds per call of each path on one batch.
+
+    Every path is warmed up, then the paths take turns for ``rounds`` rounds,
+    each getting about ``budget_s / rounds`` seconds a round and at least
+    ``min_calls`` calls in all.
+    """
+    for run in paths.values():
+        for _ in range(warmup):
+            run(ids, texts)
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    per_round = budget_s / rounds
+    calls_per_round = max(1, -(-min_calls // rounds))
+    for r in range(rounds):
+        if progress is not None:
+            progress.step(f"{label}, round {r + 1}/{rounds}")
+        for name, run in paths.items():
+            spent, calls = 0.0, 0
+            while calls < calls_per_round or spent < per_round:
+                t = time.perf_counter()
+                run(ids, texts)
+                dt = time.perf_counter() - t
+                samples[name].append(dt)
+                spent += dt
+                calls += 1
+    return samples
+
+
+def summarize(samples: list[float], rows: int) -> dict:
+    """Median, p99 and throughput of per-call times for batches of ``rows``."""
+    s = np.asarray(samples)
+    median = float(np.median(s))
+    return {
+        "calls": int(s.size),
+        "median_ms": 1e3 * median,
+        "p50_ms": 1e3 * median,
+        "p99_ms": 1e3 * float(np.percentile(s, 99)),
+        "min_ms": 1e3 * float(s.min()),
+        "sentences_per_s": rows / median,
+    }

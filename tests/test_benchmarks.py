@@ -1,0 +1,60 @@
+"""The benchmark harness runs end to end in its smallest mode; no speed is asserted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done, json.loads(out.read_text())
+
+
+def test_json_has_every_figure(smoke):
+    _, results = smoke
+    for key in ("machine", "model", "data", "flops", "matmul", "export", "files", "paths", "cold_start", "targets"):
+        assert key in results, key
+    assert {"date", "cpu", "cores", "python", "onnxruntime", "tensorflow"} <= set(results["machine"])
+    expected = {"keras predict", "keras eager", "tf.function", "keras onnx (ort default)",
+                "runtime fp32", "runtime int8", "runtime fp32 text"}
+    assert set(results["paths"]) == expected
+    for by_batch in results["paths"].values():
+        assert set(by_batch) == {str(b) for b in results["batches"]}
+        for summary in by_batch.values():
+            assert summary["sentences_per_s"] > 0
+            assert {"p50_ms", "p99_ms", "speedup_vs_baseline", "roofline_share"} <= set(summary)
+    assert results["flops"]["total"] > 0 and not results["flops"]["ignored"]
+    assert set(results["cold_start"]) == {"keras load_model + predict", "runtime SentimentPredictor"}
+    for cold in results["cold_start"].values():
+        assert cold["wall_s"] > 0 and cold["peak_rss_mib"] > 0
+    assert all(t["status"] in ("PASS", "FAIL", "n/a") for t in results["targets"])
+    # Every path agrees with tf.function on the same sentences (int8 loosely).
+    assert all(diff < 0.05 for diff in results["agreement_max_abs_diff"].values())
+
+
+def test_markdown_report_on_stdout(smoke):
+    done, _ = smoke
+    assert "| tf.function |" in done.stdout
+    assert "## Targets" in done.stdout
+    assert "[1/" in done.stderr  # progress goes to stderr, not into the report
+    assert "[1/" not in done.stdout
+
+
+def test_help():
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "--quick" in done.stdout and "--json" in done.stdout
