@@ -47,7 +47,6 @@ import numpy as np
 from export.cli import CliError, quiet_tensorflow, run, silenced_stderr
 from export.runtime import METADATA_ENCODER_KEY
 
-_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 quiet_tensorflow()  # must precede the first TensorFlow import in this process
 
 __all__ = ["ExportError", "ExportReport", "QuantizationReport", "SAMPLE_TEXTS", "convert", "main"]
@@ -835,11 +834,10 @@ def main(argv=None) -> int:
     if not args.debug:
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
-        if _USER_TF_LOG_LEVEL is None and "tensorflow" not in sys.modules:
-            # Level 2 still lets through C++ "errors" that are only notices
-            # (e.g. oneDNN's DT_BOOL fallback for LSTM masks); real failures
-            # reach us as Python exceptions.
-            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        # Level 2 still lets through C++ "errors" that are only notices (e.g.
+        # oneDNN's DT_BOOL fallback for LSTM masks); real failures reach us as
+        # Python exceptions. --debug keeps the caller's level.
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if not (args.tolerance >= 0):
         raise CliError(f"--tolerance must be >= 0, got {args.tolerance}")
     source = Path(args.model) if args.model else None
