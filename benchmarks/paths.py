@@ -61,6 +61,11 @@ def build_paths(model, keras_onnx: str, ours_fp32: str, ours_int8: str | None, t
     if ours_int8:
         int8 = SentimentPredictor(ours_int8, threads=threads)
         paths["runtime int8"] = lambda ids, texts: int8.run_ids(ids)["probability"]
+    if threads != 1:
+        # Diagnostic: one intra-op thread, no thread pool to stall when other
+        # processes hold the cores (not used by the targets).
+        single = SentimentPredictor(ours_fp32, threads=1)
+        paths["runtime fp32 1 thread"] = lambda ids, texts: single.run_ids(ids)["probability"]
     # Raw text in: the encoder's work is part of the timing.
     paths["runtime fp32 text"] = lambda ids, texts: fp32.predict_proba(texts)
     return paths

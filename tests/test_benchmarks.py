@@ -30,7 +30,7 @@ def test_json_has_every_figure(smoke):
         assert key in results, key
     assert {"date", "cpu", "cores", "python", "onnxruntime", "tensorflow"} <= set(results["machine"])
     expected = {"keras predict", "keras eager", "tf.function", "keras onnx (ort default)",
-                "runtime fp32", "runtime int8", "runtime fp32 text"}
+                "runtime fp32", "runtime int8", "runtime fp32 1 thread", "runtime fp32 text"}
     assert set(results["paths"]) == expected
     for by_batch in results["paths"].values():
         assert set(by_batch) == {str(b) for b in results["batches"]}
