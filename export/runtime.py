@@ -14,7 +14,9 @@ encoder included, comes from the ``.onnx`` file written by `export.to_onnx`.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +36,17 @@ __all__ = [
 #: ONNX metadata key holding `TextEncoder.to_json()`.
 METADATA_ENCODER_KEY = "text_encoder"
 
-#: Rows per onnxruntime call for large inputs. Measured on the sentiment
+#: Most rows per onnxruntime call for large inputs. Measured on the sentiment
 #: model (2 cores, best of 20 runs of 1024 rows): 256-row chunks gave 85k
 #: rows/s against 71k for one 1024-row call, and 128 to 512 were within 10%
 #: of each other; larger chunks lose cache locality (the attention output
 #: alone is 4 KiB a row) and cost memory, smaller ones pay per-call overhead.
+#: Calls of 64 rows or more are also split so every worker thread gets rows.
 CHUNK_SIZE = 256
+
+#: Below this many rows per piece, splitting a call across threads costs more
+#: than it saves.
+_MIN_PARALLEL_ROWS = 32
 
 _PROBABILITY = "probability"
 _ATTENTION = "attention"
@@ -98,8 +105,9 @@ class SentimentPredictor:
     Args:
         path: an ``.onnx`` file written by `export.to_onnx` from a model that
             carried its text encoder.
-        threads: onnxruntime intra-op threads; ``None`` lets onnxruntime use
-            one per physical core.
+        threads: threads one call may use; ``None`` means one per CPU this
+            process may run on. Each onnxruntime run is single-threaded; a
+            call of 64 rows or more is split into chunks run in parallel.
         chunk_size: rows per onnxruntime call when more are given.
 
     Raises:
@@ -124,7 +132,14 @@ class SentimentPredictor:
         if isinstance(chunk_size, bool) or int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.path = Path(path)
-        self._session = _session(self.path, threads)
+        # Parallelism is across row chunks, each run single-threaded: measured
+        # on 2 shared cores, onnxruntime's intra-op pool (a barrier after each
+        # of ~45 small ops) lost up to half its throughput whenever another
+        # process took a core, while independent chunks kept going.
+        self._workers = int(threads) if threads is not None else _cores()
+        self._session = _session(self.path, 1)
+        self._pool = None
+        self._pool_lock = threading.Lock()
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
         encoder_json = self.metadata.get(METADATA_ENCODER_KEY)
         if encoder_json is None:
@@ -202,17 +217,37 @@ class SentimentPredictor:
                 _PROBABILITY: np.zeros((0, 1), np.float32),
                 _ATTENTION: np.zeros((0, length, length), np.float32),
             }
-        if n <= self._chunk:
+        pieces = -(-n // self._chunk)
+        if self._workers > 1 and n >= 2 * _MIN_PARALLEL_ROWS:
+            pieces = max(pieces, min(self._workers, n // _MIN_PARALLEL_ROWS))
+        if pieces == 1:
             probability, attention = self._session.run(self._outputs, {self._input: ids})
             return {_PROBABILITY: probability, _ATTENTION: attention}
-        parts = [
-            self._session.run(self._outputs, {self._input: ids[start : start + self._chunk]})
-            for start in range(0, n, self._chunk)
-        ]
-        return {
-            _PROBABILITY: np.concatenate([p[0] for p in parts]),
-            _ATTENTION: np.concatenate([p[1] for p in parts]),
-        }
+        size = -(-n // pieces)
+        probability = np.empty((n, 1), np.float32)
+        attention = np.empty((n, length, length), np.float32)
+
+        def run(start):
+            stop = start + size
+            p, a = self._session.run(self._outputs, {self._input: ids[start:stop]})
+            probability[start:stop] = p
+            attention[start:stop] = a
+
+        starts = range(0, n, size)
+        if self._workers > 1:
+            for _ in self._executor().map(run, starts):
+                pass
+        else:
+            for start in starts:
+                run(start)
+        return {_PROBABILITY: probability, _ATTENTION: attention}
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sentiment-onnx")
+        return self._pool
 
     def predict_proba(self, texts: str | Iterable[str]) -> np.ndarray:
         """Probability of the second label (``"positive"``) per text, shape ``(n,)``.
@@ -268,6 +303,14 @@ class SentimentPredictor:
 
     def __repr__(self) -> str:
         return f"SentimentPredictor({str(self.path)!r}, {self.encoder!r})"
+
+
+def _cores() -> int:
+    """CPUs this process may run on (onnxruntime's own default is the physical cores)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def _session(path: str | os.PathLike[str], threads: int | None) -> ort.InferenceSession:

@@ -62,14 +62,17 @@ def test_run_ids_returns_model_outputs(exported, predictor):
         np.testing.assert_allclose(out[name], expected[name], atol=1e-5)
 
 
-def test_chunking_gives_the_same_results(exported):
-    small = SentimentPredictor(exported[1], chunk_size=7)
-    big = SentimentPredictor(exported[1], chunk_size=10_000)
-    ids = padded_ids(np.random.default_rng(2), 50, 8, small.vocab_size)
-    a, b = small.run_ids(ids), big.run_ids(ids)
-    for name in a:
-        np.testing.assert_allclose(a[name], b[name], atol=1e-6)
-    assert small.run_ids(ids[:0])["attention"].shape == (0, 8, 8)
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunking_and_threads_give_the_same_results(exported, threads):
+    reference = SentimentPredictor(exported[1], chunk_size=10_000, threads=1)
+    split = SentimentPredictor(exported[1], chunk_size=7, threads=threads)
+    for n in (1, 50, 300):
+        ids = padded_ids(np.random.default_rng(n), n, 8, split.vocab_size)
+        a, b = split.run_ids(ids), reference.run_ids(ids)
+        for name in a:
+            assert a[name].shape == b[name].shape
+            np.testing.assert_allclose(a[name], b[name], atol=1e-6)
+    assert split.run_ids(ids[:0])["attention"].shape == (0, 8, 8)
 
 
 def test_predict_labels_and_attention_over_words(exported, predictor):
@@ -163,11 +166,18 @@ def test_non_string_text_is_refused(predictor):
 def test_threads_share_one_predictor(predictor):
     texts = [f"{SENTENCES[i % len(SENTENCES)]} {'great ' * (i % 5)}" for i in range(64)]
     serial = {i: predictor.predict_proba(texts[i]) for i in range(len(texts))}
+    # Every 50th call is a large batch, split over the predictor's own pool.
+    many = texts * 5
+    serial_many = predictor.predict_proba(many)
     failures = []
 
     def worker(k):
         try:
             for j in range(500):
+                if j % 50 == 49:
+                    if not np.array_equal(predictor.predict_proba(many), serial_many):
+                        failures.append((k, j, "batch"))
+                    continue
                 i = (k * 31 + j) % len(texts)
                 if not np.array_equal(predictor.predict_proba(texts[i]), serial[i]):
                     failures.append((k, j))
