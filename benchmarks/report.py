@@ -87,7 +87,8 @@ def markdown(results: dict) -> str:
         f"- FLOPs per sentence: {_si(fl['total'])}FLOP (" + ", ".join(f"{k} {_si(v)}" for k, v in fl["layers"].items())
         + f"); numpy sgemm {results['matmul']['n']}^2 best of {results['matmul']['repeats']}: {_si(rate)}FLOP/s",
         "",
-        f"## Speed relative to {base} (x faster per call, medians from this run; higher is better)",
+        f"## Speed relative to {base} (x faster per call; median over rounds of the ratio of medians "
+        "within a round; higher is better)",
         "",
     ]
     out += _table(["path"] + [f"batch {b}" for b in batches],

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Progress", "summarize", "time_batch"]
+__all__ = ["Progress", "paired_speedup", "summarize", "time_batch"]
 
 
 class Progress:
@@ -30,8 +30,8 @@ class Progress:
 
 
 def time_batch(paths: dict, ids, texts, *, budget_s: float, rounds: int, min_calls: int, warmup: int = 2,
-               progress: Progress | None = None, label: str = "") -> dict[str, list[float]]:
-    """Seconds per call of each path on one batch.
+               progress: Progress | None = None, label: str = "") -> dict[str, list[list[float]]]:
+    """Seconds per call of each path on one batch, one list per round.
 
     Every path is warmed up, then the paths take turns for ``rounds`` rounds,
     each getting about ``budget_s / rounds`` seconds a round and at least
@@ -40,27 +40,37 @@ def time_batch(paths: dict, ids, texts, *, budget_s: float, rounds: int, min_cal
     for run in paths.values():
         for _ in range(warmup):
             run(ids, texts)
-    samples: dict[str, list[float]] = {name: [] for name in paths}
+    samples: dict[str, list[list[float]]] = {name: [] for name in paths}
     per_round = budget_s / rounds
     calls_per_round = max(1, -(-min_calls // rounds))
     for r in range(rounds):
         if progress is not None:
             progress.step(f"{label}, round {r + 1}/{rounds}")
         for name, run in paths.items():
-            spent, calls = 0.0, 0
+            spent, calls, times = 0.0, 0, []
+            samples[name].append(times)
             while calls < calls_per_round or spent < per_round:
                 t = time.perf_counter()
                 run(ids, texts)
                 dt = time.perf_counter() - t
-                samples[name].append(dt)
+                times.append(dt)
                 spent += dt
                 calls += 1
     return samples
 
 
-def summarize(samples: list[float], rows: int) -> dict:
+def paired_speedup(baseline: list[list[float]], path: list[list[float]]) -> float:
+    """Median over rounds of (baseline's median / path's median) within the round.
+
+    A ratio taken within one round, seconds apart, survives the load drift
+    between rounds that a ratio of overall medians would absorb.
+    """
+    return float(np.median([np.median(b) / np.median(p) for b, p in zip(baseline, path)]))
+
+
+def summarize(rounds: list[list[float]], rows: int) -> dict:
     """Median, p99 and throughput of per-call times for batches of ``rows``."""
-    s = np.asarray(samples)
+    s = np.asarray([t for times in rounds for t in times])
     median = float(np.median(s))
     return {
         "calls": int(s.size),
