@@ -44,7 +44,7 @@ def resolve_model(path, workdir: Path, texts: list[str], say) -> tuple[Path, str
     """The ``.keras`` file to benchmark and how it was chosen.
 
     ``path`` if given, else the bundled pretrained model, else a stand-in built
-    with the tutorial recipe and an encoder fitted on ``texts`` (untrained:
+    with `build_sentiment_model`'s defaults (the bundled model's recipe) and an encoder fitted on ``texts`` (untrained:
     its weights do not change its speed) saved into ``workdir``.
     """
     if path:
@@ -56,7 +56,7 @@ def resolve_model(path, workdir: Path, texts: list[str], say) -> tuple[Path, str
 
     if BUNDLED.is_file():
         return BUNDLED, "bundled pretrained model"
-    say("no bundled model yet: building an untrained stand-in (tutorial recipe)")
+    say("no bundled model yet: building an untrained stand-in (build_sentiment_model defaults)")
     from keras_attn import TextEncoder, build_sentiment_model, save_model
 
     if not texts:
@@ -65,4 +65,4 @@ def resolve_model(path, workdir: Path, texts: list[str], say) -> tuple[Path, str
     model = build_sentiment_model(encoder.vocab_size, encoder.seq_len)
     out = workdir / "standin.keras"
     save_model(model, out, encoder)
-    return out, "untrained stand-in built with build_sentiment_model (no bundled model found)"
+    return out, "untrained stand-in from build_sentiment_model defaults (no bundled model yet)"

@@ -85,6 +85,7 @@ def markdown(results: dict) -> str:
         f"- Model: {results['model']['source']} ({results['model']['params']:,} params, seq_len "
         f"{results['model']['seq_len']}); inputs: {results['data']['sentences']} sentences, {results['data']['source']}",
         f"- FLOPs per sentence: {_si(fl['total'])}FLOP (" + ", ".join(f"{k} {_si(v)}" for k, v in fl["layers"].items())
+        + (f"; not counted: {', '.join(fl['elementwise'])}" if fl.get("elementwise") else "")
         + f"); numpy sgemm {results['matmul']['n']}^2 best of {results['matmul']['repeats']}: {_si(rate)}FLOP/s",
         "",
         f"## Speed relative to {base} (x faster per call; median over rounds of the ratio of medians "
