@@ -95,7 +95,7 @@ def run(options: argparse.Namespace) -> dict:
         mode["batches"] = tuple(sorted({int(b) for b in options.batches.split(",")}))
     batches = mode["batches"]
     cold_kinds = [] if options.no_cold else list(coldstart.CHILDREN)
-    total = 6 + sum(mode["rounds"] for _ in batches) + len(cold_kinds)
+    total = 7 + sum(mode["rounds"] for _ in batches) + len(cold_kinds)
     progress = timing.Progress(total, enabled=not options.quiet)
     started = time.perf_counter()
     results: dict = {"schema": 1, "mode": mode_name, "settings": {k: v for k, v in mode.items()},
@@ -185,6 +185,17 @@ def run(options: argparse.Namespace) -> dict:
                 summary = timing.summarize(rounds, batch)
                 summary["speedup_vs_baseline"] = timing.paired_speedup(samples[paths_mod.BASELINE], rounds)
                 per_path[name][str(batch)] = summary
+        # The batch-size target compares batch sizes: time them in turns too,
+        # so that a load change between the per-batch blocks above cannot fake it.
+        sweep_batches = [b for b in batches if b >= 32] or list(batches)
+        progress.step(f"runtime fp32 across batch sizes {sweep_batches}, interleaved")
+        runtime_run = runs["runtime fp32"]
+        sweep_inputs = {b: encoder.encode([pool[i % len(pool)] for i in range(b)]) for b in sweep_batches}
+        sweep = timing.time_batch(
+            {str(b): (lambda ids, texts, x=x: runtime_run(x, None)) for b, x in sweep_inputs.items()},
+            None, None, budget_s=mode["budget_s"], rounds=mode["rounds"], min_calls=mode["min_calls"],
+        )
+        results["runtime_batch_sweep"] = {b: timing.summarize(rounds, int(b)) for b, rounds in sweep.items()}
         baseline = per_path[paths_mod.BASELINE]
         rate = results["matmul"]["flops_per_s"]
         for name, by_batch in per_path.items():

@@ -24,14 +24,16 @@ def targets(results: dict) -> list[dict]:
         speedup = runtime.get(batch, {}).get("speedup_vs_baseline")
         out.append(_target(f"runtime vs tf.function at batch {batch}", speedup, f">= {need}x",
                            None if speedup is None else speedup >= need))
-    rates = {int(b): s["sentences_per_s"] for b, s in runtime.items()}
+    # Prefer the sweep that interleaves batch sizes; fall back to the per-batch blocks.
+    source = results.get("runtime_batch_sweep") or runtime
+    rates = {int(b): s["sentences_per_s"] for b, s in source.items()}
     large = {b: r for b, r in rates.items() if b >= 64}
     if large and rates:
         best = max(rates.values())
         worst = min(large, key=large.get)
         share = large[worst] / best
         out.append(_target(f"runtime throughput at batch >= 64 vs best batch (worst: {worst})", share, ">= 0.8",
-                           share >= 0.8 if len(large) > 1 or max(rates) >= 1024 else None))
+                           share >= 0.8 if max(rates) >= 1024 else None))
     else:
         out.append(_target("runtime throughput at batch >= 64 vs best batch", None, ">= 0.8", None))
     shares = {b: text[b]["sentences_per_s"] / runtime[b]["sentences_per_s"] for b in text if b in runtime}
@@ -106,6 +108,12 @@ def markdown(results: dict) -> str:
         out += _table(["batch", "ids sent/s", "text sent/s", "text / ids"],
                       [[b, _rate(paths[RUNTIME][b]["sentences_per_s"]), _rate(paths[TEXT][b]["sentences_per_s"]),
                         f"{paths[TEXT][b]['sentences_per_s'] / paths[RUNTIME][b]['sentences_per_s']:.2f}"] for b in batches])
+    sweep = results.get("runtime_batch_sweep")
+    if sweep:
+        best = max(s["sentences_per_s"] for s in sweep.values())
+        out += ["", "## runtime fp32 across batch sizes (batch sizes timed in turns; used by the batch-size target)", ""]
+        out += _table(["batch"] + list(sweep), [["sent/s"] + [_rate(s["sentences_per_s"]) for s in sweep.values()],
+                                                ["of best"] + [f"{s['sentences_per_s'] / best:.2f}" for s in sweep.values()]])
     cold = results.get("cold_start", {})
     if cold:
         out += ["", "## Cold start (new process: import, load, first prediction; median wall, max peak RSS)", ""]

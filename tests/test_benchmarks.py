@@ -37,6 +37,7 @@ def test_json_has_every_figure(smoke):
         for summary in by_batch.values():
             assert summary["sentences_per_s"] > 0
             assert {"p50_ms", "p99_ms", "speedup_vs_baseline", "roofline_share"} <= set(summary)
+    assert results["runtime_batch_sweep"] and all(s["sentences_per_s"] > 0 for s in results["runtime_batch_sweep"].values())
     assert results["flops"]["total"] > 0 and not results["flops"]["ignored"]
     assert set(results["cold_start"]) == {"keras load_model + predict", "runtime SentimentPredictor"}
     for cold in results["cold_start"].values():
