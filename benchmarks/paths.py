@@ -62,8 +62,8 @@ def build_paths(model, keras_onnx: str, ours_fp32: str, ours_int8: str | None, t
         int8 = SentimentPredictor(ours_int8, threads=threads)
         paths["runtime int8"] = lambda ids, texts: int8.run_ids(ids)["probability"]
     if threads != 1:
-        # Diagnostic: one intra-op thread, no thread pool to stall when other
-        # processes hold the cores (not used by the targets).
+        # Diagnostic, not used by the targets: everything on one core, to show
+        # what parallelism buys (or costs when other processes hold the cores).
         single = SentimentPredictor(ours_fp32, threads=1)
         paths["runtime fp32 1 thread"] = lambda ids, texts: single.run_ids(ids)["probability"]
     # Raw text in: the encoder's work is part of the timing.

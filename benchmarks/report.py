@@ -130,6 +130,6 @@ def markdown(results: dict) -> str:
             + ", ".join(f"{k} {v:.1e}" for k, v in results["agreement_max_abs_diff"].items() if k != base),
             "", "## Targets", ""]
     for t in results["targets"]:
-        value = "-" if t["measured"] is None else f"{t['measured']:.2f}"
+        value = "-" if t["measured"] is None else f"{t['measured']:.3g}"
         out.append(f"- **{t['status']}** {t['name']}: {value} (target {t['threshold']})")
     return "\n".join(out)
