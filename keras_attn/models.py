@@ -1,5 +1,7 @@
 """Builders for the sentiment model: tokens -> encoder -> attention -> P(positive)."""
 
+import warnings
+
 import keras
 from keras import layers, ops
 
@@ -12,7 +14,10 @@ TUTORIAL = dict(
     embedding_l2=0.001,
     units=100,
     kernel_size=4,
-    dropout=0.0,
+    embedding_dropout=0.0,
+    attention_dropout=0.0,
+    pooled_dropout=0.0,
+    residual=False,
     pooling="flatten",
 )
 
@@ -25,49 +30,66 @@ def build_sentiment_model(
     embedding_dim=32,
     embedding_l2=0.001,
     units=100,
-    kernel_size=4,
-    dropout=0.0,
-    pooling="flatten",
+    kernel_size=3,
+    embedding_dropout=0.3,
+    attention_dropout=0.3,
+    pooled_dropout=0.5,
+    residual=True,
+    pooling="max",
     name="sentiment",
 ):
     """Embedding -> encoder -> self-attention -> pooling -> Dense(1, sigmoid).
 
+    The defaults are the recipe of the bundled model; `TUTORIAL` holds the
+    tutorial's model.
+
     Args:
         vocab_size: number of token ids, padding (0) included.
-        seq_len: tokens per sentence.
-        encoder: `"conv"` (Conv1D, `units` filters of width `kernel_size`,
-            same padding, relu) or `"lstm"` (a bidirectional LSTM of `units`
-            units in all).
+        seq_len: tokens per sentence. Only `"flatten"` pooling fixes it in
+            the graph; with the others the model takes any length, and since
+            padding embeds to zero, a sentence gets the same numbers whatever
+            padding follows it (the ONNX runtime skips padding that way).
+        encoder: `"conv"` (Conv1D of `units` filters, same padding, relu)
+            or `"lstm"` (a bidirectional LSTM of `units` units in all).
         embedding_dim: width of the word embeddings.
         embedding_l2: L2 penalty on the embeddings.
         units: width of the encoder's features.
         kernel_size: width of the convolution.
-        dropout: dropout rate on the embeddings (whole channels) and on the
-            pooled features; 0 turns both off.
+        embedding_dropout: rate of whole embedding channels dropped.
+        attention_dropout: dropout rate on the attention's output.
+        pooled_dropout: dropout rate on the pooled features.
+        residual: add the encoder's features to the attention's output.
         pooling: `"flatten"` (the tutorial: one weight per position and
-            feature) or `"mean"` (average over the real tokens).
+            feature), `"max"` or `"mean"` over the real tokens.
         name: the model's name.
 
     Returns:
         A functional `keras.Model` from int32 `tokens` of shape
         `(batch, seq_len)` to a dict of `probability` `(batch, 1)` and
-        `attention` `(batch, seq_len, seq_len)`. The padding mask comes from
+        `attention` `(batch, seq_len, seq_len)`, the attention's weights
+        with rows and columns of padding at 0. The padding mask comes from
         the ids (`tokens != 0`): Conv1D and Flatten drop Keras masks.
     """
     if encoder not in ("conv", "lstm"):
         raise ValueError(f"encoder must be 'conv' or 'lstm', got {encoder!r}")
-    if pooling not in ("flatten", "mean"):
-        raise ValueError(f"pooling must be 'flatten' or 'mean', got {pooling!r}")
-    tokens = keras.Input((seq_len,), dtype="int32", name="tokens")
+    if pooling not in ("flatten", "max", "mean"):
+        raise ValueError(
+            f"pooling must be 'flatten', 'max' or 'mean', got {pooling!r}"
+        )
+    length = seq_len if pooling == "flatten" else None
+    tokens = keras.Input((length,), dtype="int32", name="tokens")
     padding = ops.not_equal(tokens, 0)
+    real = ops.expand_dims(padding, axis=-1)
     x = layers.Embedding(
         vocab_size,
         embedding_dim,
         embeddings_regularizer=keras.regularizers.L2(embedding_l2),
         name="embedding",
     )(tokens)
-    if dropout:
-        x = layers.SpatialDropout1D(dropout, name="embedding_dropout")(x)
+    # Padding embeds to 0, as the convolution's own "same" padding does.
+    x = ops.where(real, x, 0.0)
+    if embedding_dropout:
+        x = layers.SpatialDropout1D(embedding_dropout)(x)
     if encoder == "conv":
         x = layers.Conv1D(
             units, kernel_size, padding="same", activation="relu", name="conv"
@@ -79,18 +101,37 @@ def build_sentiment_model(
     context, weights = ScaledDotAttention(name="attention")(
         [x, x], mask=[padding, padding], return_attention_scores=True
     )
-    if pooling == "flatten":
-        pooled = layers.Flatten(name="flatten")(context)
-    else:
-        # Context is already 0 at padding (query mask); an all-padding row
-        # divides by 1 instead of 0, where Keras's masked average gives NaN.
-        real = ops.sum(ops.cast(padding, context.dtype), axis=1, keepdims=True)
-        pooled = ops.sum(context, axis=1) / ops.maximum(real, 1.0)
-    if dropout:
-        pooled = layers.Dropout(dropout, name="dropout")(pooled)
+    # Keras's contract leaves the weights of padding queries in place.
+    weights = ops.where(real, weights, 0.0)
+    if attention_dropout:
+        context = layers.Dropout(attention_dropout)(context)
+    if residual:
+        context = layers.Add()([x, context])
+    pooled = _pool(context, real, pooling)
+    if pooled_dropout:
+        pooled = layers.Dropout(pooled_dropout)(pooled)
     probability = layers.Dense(1, activation="sigmoid", name="probability")(
         pooled
     )
     return keras.Model(
         tokens, {"probability": probability, "attention": weights}, name=name
     )
+
+
+def _pool(context, real, pooling):
+    """Pools `(batch, seq_len, units)` over the real tokens."""
+    if pooling == "flatten":
+        # Flatten warns that it drops the attention's mask: with one weight
+        # per position, the Dense layer learns what padding means anyway.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Layer 'flatten'", UserWarning)
+            return layers.Flatten()(context)
+    if pooling == "max":
+        pooled = ops.max(ops.where(real, context, -3.0e38), axis=1)
+        # An all-padding row (an empty text) pools to 0, not -3e38.
+        return ops.where(ops.any(real, axis=1), pooled, 0.0)
+    # An all-padding row divides by 1 instead of 0 (Keras's masked average
+    # gives NaN there).
+    count = ops.sum(ops.cast(real, context.dtype), axis=1)
+    total = ops.sum(ops.where(real, context, 0.0), axis=1)
+    return total / ops.maximum(count, 1.0)

@@ -5,7 +5,6 @@ which `keras.models.load_model` ignores, so the file stays a plain Keras model.
 """
 
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,8 +19,9 @@ def save_model(model, path, encoder=None):
     """Saves `model` to `path` (`.keras`), with `encoder` inside, atomically."""
     path = Path(path)
     encoder = encoder or getattr(model, "text_encoder", None)
-    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=path.parent)
-    os.close(fd)
+    # Not mkstemp: its 0600 mode would make an installed model unreadable
+    # to other users. Keras insists on the .keras suffix.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
     try:
         model.save(tmp)
         if encoder is not None:

@@ -14,10 +14,10 @@ def test_tutorial_preset_has_the_tutorials_parameter_count():
 
 
 @pytest.mark.parametrize("encoder", ["conv", "lstm"])
-@pytest.mark.parametrize("pooling", ["flatten", "mean"])
+@pytest.mark.parametrize("pooling", ["flatten", "max", "mean"])
 def test_outputs_and_padding(encoder, pooling):
     model = build_sentiment_model(50, 10, encoder=encoder, pooling=pooling,
-                                  units=8, embedding_dim=4, dropout=0.1)
+                                  units=8, embedding_dim=4)
     tokens = np.zeros((3, 10), np.int32)
     tokens[0, :4] = [5, 6, 7, 8]
     tokens[1, :] = np.arange(1, 11)
@@ -29,8 +29,22 @@ def test_outputs_and_padding(encoder, pooling):
     weights = out["attention"]
     np.testing.assert_allclose(weights[0, :4].sum(-1), 1, rtol=1e-5)
     assert (weights[0, :, 4:] == 0).all()
+    assert (weights[0, 4:] == 0).all()  # padding queries too
     np.testing.assert_allclose(weights[1].sum(-1), 1, rtol=1e-5)
     assert (weights[2] == 0).all()
+
+
+@pytest.mark.parametrize("pooling", ["max", "mean"])
+def test_same_numbers_whatever_padding_follows(pooling):
+    model = build_sentiment_model(50, pooling=pooling, units=8, embedding_dim=4)
+    # The untrained Embedding's row 0 is random: padding must not read it.
+    sentence = np.array([[7, 3, 9, 12, 5]], np.int32)
+    padded = np.pad(sentence, ((0, 0), (0, 11)))
+    short, long = (model.predict(x, verbose=0) for x in (sentence, padded))
+    np.testing.assert_allclose(short["probability"], long["probability"],
+                               atol=1e-6)
+    np.testing.assert_allclose(long["attention"][:, :5, :5], short["attention"],
+                               atol=1e-6)
 
 
 def test_rejects_unknown_encoder():
