@@ -41,12 +41,38 @@ METADATA_ENCODER_KEY = "text_encoder"
 #: rows/s against 71k for one 1024-row call, and 128 to 512 were within 10%
 #: of each other; larger chunks lose cache locality (the attention output
 #: alone is 4 KiB a row) and cost memory, smaller ones pay per-call overhead.
-#: Calls of 64 rows or more are also split so every worker thread gets rows.
+#: With ``threads > 1``, calls of 64 rows or more are also split so every
+#: worker thread gets rows.
 CHUNK_SIZE = 256
 
 #: Below this many rows per piece, splitting a call across threads costs more
 #: than it saves.
 _MIN_PARALLEL_ROWS = 32
+
+#: Calls of fewer rows never use the thread pool.
+_MIN_THREADED_ROWS = 64
+
+#: A single int32 row of up to this many ids is checked with Python's
+#: min/max on a list, which also finds its length: measured 1.9 us against
+#: 1.4 us for the numpy reduction alone (plus its length) at 40 ids, but
+#: 3.2 us at 80 and 23 us at 640.
+_ROW_IDS = 64
+
+#: From this many rows, a model with a dynamic sequence axis gets its rows
+#: sorted by length and cut into chunks of similar lengths; fewer rows run as
+#: one call cut at the longest row.
+_PLAN_ROWS = 16
+
+#: Cost model of one onnxruntime call on the sentiment recipe, fitted on
+#: 1 to 256 rows of 1 to 40 tokens (1 thread, within 10%): 26.6 us a call +
+#: 0.68 us a row + 0.56 us a token + 0.0054 us a token squared (attention),
+#: i.e. a call costs ~47 tokens of work and a row of L tokens L + L**2 / 105.
+#: `_plan` ends a chunk of sorted rows before a longer length when padding
+#: its rows to that length would cost more than a call. The greedy walk
+#: does best with a lower call cost than measured (it cannot look ahead):
+#: on real sentences it then comes within 5% of the optimal partition.
+_CALL_COST_TOKENS = 20
+_SQUARE_TOKENS = 105
 
 _PROBABILITY = "probability"
 _ATTENTION = "attention"
@@ -105,10 +131,11 @@ class SentimentPredictor:
     Args:
         path: an ``.onnx`` file written by `export.to_onnx` from a model that
             carried its text encoder.
-        threads: threads one call may use; ``None`` means one per CPU this
-            process may run on. Each onnxruntime run is single-threaded; a
-            call of 64 rows or more is split into chunks run in parallel.
-        chunk_size: rows per onnxruntime call when more are given.
+        threads: threads one call may use; ``None`` means 1. Each
+            onnxruntime run is single-threaded; with more threads, a call of
+            64 rows or more is split into chunks run in parallel (worth it
+            only for large batches on otherwise idle cores).
+        chunk_size: most rows per onnxruntime call.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -132,11 +159,16 @@ class SentimentPredictor:
         if isinstance(chunk_size, bool) or int(chunk_size) < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.path = Path(path)
-        # Parallelism is across row chunks, each run single-threaded: measured
-        # on 2 shared cores, onnxruntime's intra-op pool (a barrier after each
-        # of ~45 small ops) lost up to half its throughput whenever another
-        # process took a core, while independent chunks kept going.
-        self._workers = int(threads) if threads is not None else _cores()
+        # Each run is single-threaded: measured on 2 shared cores,
+        # onnxruntime's intra-op pool (a barrier after each of ~45 small ops)
+        # lost up to half its throughput whenever another process took a
+        # core. One thread by default: with rows cut to their length, a
+        # second thread over chunks gained at batch 1024 on idle cores only
+        # (100-116k against 86-90k rows/s), lost at batch 64 (56-63k against
+        # 71-73k), and lost under load before (33k against 41.6k); it would
+        # make throughput depend on the batch size. Callers that share one
+        # predictor across their own threads get the parallelism anyway.
+        self._workers = int(threads) if threads is not None else 1
         self._session = _session(self.path, 1)
         self._pool = None
         self._pool_lock = threading.Lock()
@@ -201,24 +233,91 @@ class SentimentPredictor:
         Args:
             ids: integers of shape ``(n, seq_len)``, each in
                 ``[0, vocab_size)`` (0 is padding). Any integer dtype is
-                accepted and converted to int32.
+                accepted and converted to int32. A model with a dynamic
+                sequence axis accepts any width.
 
         Returns:
             ``{"probability": float32 (n, 1), "attention": float32
-            (n, seq_len, seq_len)}``: the model's outputs as they are.
+            (n, width, width)}``: the model's outputs as they are.
 
         Raises:
             ValueError: wrong dtype, shape, or an id outside the vocabulary.
+
+        A model with a dynamic sequence axis is run on each row cut after its
+        last real token (rows of similar lengths batched together) and its
+        attention padded back with zeros: its builder guarantees the result
+        equals a run on the padded rows (see `keras_attn.models`).
         """
+        if (
+            type(ids) is np.ndarray
+            and ids.dtype == np.int32
+            and ids.shape[0] == 1
+            and ids.ndim == 2
+            and 0 < ids.shape[1] <= _ROW_IDS
+            and ids.flags.c_contiguous
+        ):
+            # One encoded sentence: plain Python on its ids is cheaper than
+            # numpy reductions at this size.
+            row = ids.ravel().tolist()
+            if min(row) >= 0 and max(row) < self.vocab_size:
+                if not self._fixed_length:
+                    return self._run_trimmed(ids, _length(row))
+                if ids.shape[1] == self.seq_len:
+                    probability, attention = self._session.run(self._outputs, {self._input: ids})
+                    return {_PROBABILITY: probability, _ATTENTION: attention}
         ids = self._check_ids(ids)
-        n, length = ids.shape
+        n, width = ids.shape
         if n == 0:
             return {
                 _PROBABILITY: np.zeros((0, 1), np.float32),
-                _ATTENTION: np.zeros((0, length, length), np.float32),
+                _ATTENTION: np.zeros((0, width, width), np.float32),
             }
+        if self._fixed_length:
+            return self._run_fixed(ids)
+        if n == 1:
+            return self._run_trimmed(ids, _length(ids.ravel().tolist()))
+        real = ids != 0
+        if n < _PLAN_ROWS:
+            last = real.any(axis=0).nonzero()[0]
+            return self._run_trimmed(ids, int(last[-1]) + 1 if last.size else 1)
+        # Length of each row up to its last real token (0: all padding).
+        lengths = np.max(real * np.arange(1, width + 1, dtype=np.int32), axis=1)
+        order = np.argsort(lengths, kind="stable")
+        max_rows = self._chunk
+        if self._workers > 1 and n >= _MIN_THREADED_ROWS:  # a chunk for every thread
+            max_rows = min(max_rows, max(-(-n // self._workers), _MIN_PARALLEL_ROWS))
+        chunks = _plan(lengths[order], max_rows)
+        probability = np.empty((n, 1), np.float32)
+        attention = np.zeros((n, width, width), np.float32)
+
+        def run(chunk):
+            start, stop, length = chunk
+            rows = order[start:stop]
+            p, a = self._session.run(self._outputs, {self._input: ids[rows, :length]})
+            probability[rows] = p
+            attention[rows, :length, :length] = a
+
+        self._map(run, chunks)
+        return {_PROBABILITY: probability, _ATTENTION: attention}
+
+    def _run_trimmed(self, ids: np.ndarray, length: int) -> dict[str, np.ndarray]:
+        """One call on ``ids`` cut to ``length`` columns; attention padded back."""
+        n, width = ids.shape
+        if length == width:
+            probability, attention = self._session.run(self._outputs, {self._input: ids})
+        else:
+            probability, cut = self._session.run(
+                self._outputs, {self._input: np.ascontiguousarray(ids[:, :length])}
+            )
+            attention = np.zeros((n, width, width), np.float32)
+            attention[:, :length, :length] = cut
+        return {_PROBABILITY: probability, _ATTENTION: attention}
+
+    def _run_fixed(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """A fixed-length model: rows in chunks of at most ``chunk_size``."""
+        n, length = ids.shape
         pieces = -(-n // self._chunk)
-        if self._workers > 1 and n >= 2 * _MIN_PARALLEL_ROWS:
+        if self._workers > 1 and n >= _MIN_THREADED_ROWS:
             pieces = max(pieces, min(self._workers, n // _MIN_PARALLEL_ROWS))
         if pieces == 1:
             probability, attention = self._session.run(self._outputs, {self._input: ids})
@@ -233,14 +332,17 @@ class SentimentPredictor:
             probability[start:stop] = p
             attention[start:stop] = a
 
-        starts = range(0, n, size)
-        if self._workers > 1:
-            for _ in self._executor().map(run, starts):
+        self._map(run, range(0, n, size))
+        return {_PROBABILITY: probability, _ATTENTION: attention}
+
+    def _map(self, run, items) -> None:
+        items = list(items)
+        if self._workers > 1 and len(items) > 1:
+            for _ in self._executor().map(run, items):
                 pass
         else:
-            for start in starts:
-                run(start)
-        return {_PROBABILITY: probability, _ATTENTION: attention}
+            for item in items:
+                run(item)
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
@@ -305,12 +407,46 @@ class SentimentPredictor:
         return f"SentimentPredictor({str(self.path)!r}, {self.encoder!r})"
 
 
-def _cores() -> int:
-    """CPUs this process may run on (onnxruntime's own default is the physical cores)."""
+def _length(row: list[int]) -> int:
+    """One past the last nonzero id of ``row``; at least 1 (an all-padding row)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        length = row.index(0)
+    except ValueError:
+        return len(row)
+    if any(row[length:]):  # a word after padding: find the last one
+        length = len(row)
+        while row[length - 1] == 0:
+            length -= 1
+    return max(length, 1)
+
+
+def _plan(lengths: np.ndarray, max_rows: int) -> list[tuple[int, int, int]]:
+    """``(start, stop, length)`` chunks of rows sorted by ascending ``lengths``.
+
+    Walking up the lengths, a chunk ends where padding its rows to the next
+    longer length would cost more than a call (`_CALL_COST_TOKENS`); chunks of
+    more than ``max_rows`` rows are then cut evenly. ``length`` is the
+    longest row of its chunk, at least 1.
+    """
+    n = len(lengths)
+    bounds = [0, *(np.flatnonzero(lengths[1:] != lengths[:-1]) + 1).tolist(), n]
+    values = lengths[bounds[:-1]].tolist()
+    spans = []
+    start, top = 0, values[0]
+    for bound, value in zip(bounds[1:-1], values[1:]):
+        # Padding the rows so far from `top` to `value` tokens, or one more call?
+        if (bound - start) * (value - top) * (_SQUARE_TOKENS + value + top) > _CALL_COST_TOKENS * _SQUARE_TOKENS:
+            spans.append((start, bound))
+            start = bound
+        top = value
+    spans.append((start, n))
+    chunks = []
+    for start, stop in spans:
+        size = -(-(stop - start) // -(-(stop - start) // max_rows))
+        for first in range(start, stop, size):
+            last = min(first + size, stop)
+            chunks.append((first, last, max(int(lengths[last - 1]), 1)))
+    return chunks
 
 
 def _session(path: str | os.PathLike[str], threads: int | None) -> ort.InferenceSession:

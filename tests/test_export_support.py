@@ -144,3 +144,32 @@ def run_module(module, *args, cwd, stdin=None, timeout=300):
         errors="replace",
         timeout=timeout,
     )
+
+
+def trimmable_sentiment_model(vocab_size, *, embedding_dim=8, units=12, kernel_size=3, seed=0):
+    """A recipe-style sentiment model whose rows can be cut at their last real token.
+
+    Hand-built to the contract `export.runtime` relies on for a dynamic
+    sequence axis: (a) ``Input((None,))``; (b) padding embeds to exactly 0,
+    so Conv1D's "same" zero padding past a cut row equals the padding of an
+    uncut one; (c) attention rows of padded queries are 0 (padded keys
+    already are). Residual add, max pooling over the real tokens.
+    """
+    keras.utils.set_random_seed(seed)
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    padding = ops.not_equal(tokens, 0)
+    real = ops.expand_dims(padding, axis=-1)
+    x = layers.Embedding(
+        vocab_size, embedding_dim, embeddings_initializer=keras.initializers.RandomNormal(stddev=1.5, seed=seed + 1)
+    )(tokens)
+    x = x * ops.cast(real, x.dtype)
+    x = layers.Conv1D(units, kernel_size, padding="same", activation="relu", bias_initializer="ones")(x)
+    context, weights = ScaledDotAttention(name="self_attention")(
+        [x, x], mask=[padding, padding], return_attention_scores=True
+    )
+    weights = ops.where(real, weights, 0.0)
+    context = layers.Add()([x, context])
+    pooled = ops.max(ops.where(real, context, -3.0e38), axis=1)
+    pooled = ops.where(ops.any(real, axis=1), pooled, 0.0)
+    probability = layers.Dense(1, activation="sigmoid", name="probability")(pooled)
+    return keras.Model(tokens, {"probability": probability, "attention": weights}, name="trimmable")

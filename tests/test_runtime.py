@@ -11,9 +11,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.runtime import Prediction, SentimentPredictor
+import onnxruntime as ort
+
+from export.runtime import Prediction, SentimentPredictor, _plan
+from export.text import TextEncoder
 from export.to_onnx import convert, load_keras
-from test_export_support import ROOT, SENTENCES, attention_model, keras_outputs, padded_ids, sentiment
+from test_export_support import (
+    ROOT,
+    SENTENCES,
+    attention_model,
+    keras_outputs,
+    padded_ids,
+    sentiment,
+    trimmable_sentiment_model,
+)
 
 ODD_TEXTS = [
     "",
@@ -40,6 +51,26 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="module")
 def predictor(exported):
     return SentimentPredictor(exported[1])
+
+
+@pytest.fixture(scope="module")
+def fixed_predictor(tmp_path_factory):
+    """The tutorial's pooling (Flatten): a fixed sequence length, run untrimmed."""
+    folder = tmp_path_factory.mktemp("fixed")
+    keras_path, _, _ = sentiment(folder, pooling="flatten")
+    convert(load_keras(keras_path), folder / "fixed.onnx")
+    predictor = SentimentPredictor(folder / "fixed.onnx", chunk_size=7, threads=2)
+    assert predictor._fixed_length
+    return predictor
+
+
+def test_fixed_length_model_runs_whole_rows(fixed_predictor):
+    ids = padded_ids(np.random.default_rng(5), 150, 8, fixed_predictor.vocab_size)
+    expected = _reference(fixed_predictor.path, ids)
+    for rows in (ids, ids[:1], ids[:20]):
+        got = fixed_predictor.run_ids(rows)
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name][: len(rows)], rtol=0, atol=1e-6)
 
 
 def test_predict_proba_matches_keras(exported, predictor):
@@ -136,7 +167,6 @@ def test_empty_text_has_no_attention(predictor):
         (np.zeros((2, 8), bool), "integers"),
         (np.array(["a"] * 8)[None], "integers"),
         (np.zeros(8, np.int32), "shape"),
-        (np.zeros((2, 7), np.int32), "shape"),
         (np.zeros((2, 8, 1), np.int32), "shape"),
         (np.full((2, 8), 10_000, np.int64), "outside the vocabulary"),
         (np.full((2, 8), -1, np.int32), "outside the vocabulary"),
@@ -146,6 +176,20 @@ def test_empty_text_has_no_attention(predictor):
 def test_run_ids_validates_input(predictor, ids, message):
     with pytest.raises(ValueError, match=message):
         predictor.run_ids(ids)
+
+
+def test_fixed_length_model_refuses_another_width(fixed_predictor):
+    for width in (7, 9):
+        with pytest.raises(ValueError, match="shape"):
+            fixed_predictor.run_ids(np.zeros((2, width), np.int32))
+        with pytest.raises(ValueError, match="shape"):
+            fixed_predictor.run_ids(np.zeros((1, width), np.int32))
+
+
+def test_run_ids_validates_a_single_row(predictor):
+    for row, message in [([[2, 3, 10_000]], "outside the vocabulary"), ([[2, -1, 0]], "outside the vocabulary")]:
+        with pytest.raises(ValueError, match=message):
+            predictor.run_ids(np.array(row, np.int32))
 
 
 def test_run_ids_accepts_other_integer_types(predictor):
@@ -226,3 +270,98 @@ def test_runtime_never_imports_tensorflow_or_keras(exported, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "clean"
+
+
+# -- models with a dynamic sequence axis: rows cut at their last word ----------
+
+
+def _reference(path, ids):
+    """The plain onnxruntime run on the padded ids (independent of export.runtime)."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {"tokens": ids})
+    return {o.name: value for o, value in zip(session.get_outputs(), outputs)}
+
+
+@pytest.fixture(scope="module", params=["hand-built", "builder"])
+def trimmable(request, tmp_path_factory):
+    """ONNX files of sentiment models whose rows may be cut after their last word.
+
+    "hand-built" follows the builder's contract (test_export_support);
+    "builder" is `build_sentiment_model`'s recipe, once its input is dynamic.
+    """
+    folder = tmp_path_factory.mktemp("trimmable")
+    encoder = TextEncoder.fit(SENTENCES, num_words=30, seq_len=12)
+    if request.param == "hand-built":
+        model = trimmable_sentiment_model(encoder.vocab_size)
+    else:
+        _, model, _ = sentiment(folder, seq_len=12)
+        if model.inputs[0].shape[1] is not None:
+            pytest.skip("build_sentiment_model's recipe has a fixed sequence length")
+    path = folder / "trimmable.onnx"
+    convert(model, path, encoder=encoder)
+    return path
+
+
+def _mixed_ids(rng, n, width, vocab):
+    """Rows of every length, all-padding rows, full rows and zeros between words."""
+    ids = padded_ids(rng, n, width, vocab)
+    ids[1::7] = 0  # all padding
+    ids[2::9] = rng.integers(1, vocab, (len(ids[2::9]), width))  # full rows
+    ids[3::11, 1] = 0  # padding between words
+    return ids
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_trimmed_runs_equal_the_padded_run(trimmable, threads):
+    predictor = SentimentPredictor(trimmable, threads=threads, chunk_size=16)
+    assert not predictor._fixed_length
+    rng = np.random.default_rng(threads)
+    for n in (1, 2, 5, 15, 16, 17, 64, 300):  # one call, a plan, several chunks and threads
+        ids = _mixed_ids(rng, n, predictor.seq_len, predictor.vocab_size)
+        got = predictor.run_ids(ids)
+        expected = _reference(trimmable, ids)
+        assert got["attention"].shape == (n, 12, 12)
+        for name in expected:
+            np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-6, err_msg=f"{name}, {n} rows")
+
+
+def test_trimmed_single_rows_and_other_widths(trimmable):
+    predictor = SentimentPredictor(trimmable)
+    rows = [[0] * 12, [5] + [0] * 11, [5, 0, 0, 7] + [0] * 8, list(range(2, 14)), [3, 4], [3, 4, 5] + [0] * 30]
+    for row in rows:
+        for dtype in (np.int32, np.int64):
+            ids = np.array([row], dtype)
+            got = predictor.run_ids(ids)
+            expected = _reference(trimmable, ids.astype(np.int32))
+            for name in expected:
+                np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-6, err_msg=str(row))
+    wide = _mixed_ids(np.random.default_rng(0), 40, 30, predictor.vocab_size)
+    got, expected = predictor.run_ids(wide), _reference(trimmable, wide)
+    assert got["attention"].shape == (40, 30, 30)
+    np.testing.assert_allclose(got["attention"], expected["attention"], rtol=0, atol=1e-6)
+    assert predictor.run_ids(wide[:0])["attention"].shape == (0, 30, 30)
+
+
+def test_trimmed_predictions_match_the_padded_run(trimmable):
+    predictor = SentimentPredictor(trimmable)
+    texts = SENTENCES * 10 + ["", "!!", " ".join(["great"] * 30)]
+    ids = predictor.encoder.encode(texts)
+    expected = _reference(trimmable, ids)
+    np.testing.assert_allclose(predictor.predict_proba(texts), expected["probability"][:, 0], rtol=0, atol=1e-6)
+    for result, weights in zip(predictor.predict(texts), expected["attention"]):
+        n = len(result.attention)
+        if n:
+            np.testing.assert_allclose([w for _, w in result.attention], weights[:n, :n].mean(axis=0), atol=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths=st.lists(st.integers(0, 60), min_size=1, max_size=400), max_rows=st.integers(1, 300))
+def test_plan_covers_sorted_rows_in_chunks_of_their_longest_length(lengths, max_rows):
+    lengths = np.sort(np.array(lengths, np.int32))
+    chunks = _plan(lengths, max_rows)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths)
+    for (_, stop, _), (start, _, _) in zip(chunks, chunks[1:]):
+        assert stop == start
+    for start, stop, length in chunks:
+        assert 0 < stop - start <= max_rows
+        assert length == max(int(lengths[stop - 1]), 1)

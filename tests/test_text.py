@@ -1,12 +1,13 @@
 """Tests for the TF-free text encoder shared by training and serving."""
 
 import json
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from export.text import CLEANING, OOV_TOKEN, TextEncoder
@@ -207,3 +208,42 @@ def test_json_round_trip_preserves_encoder_and_encodings(corpus, num_words, labe
     restored = TextEncoder.from_json(encoder.to_json())
     assert restored == encoder
     np.testing.assert_array_equal(restored.encode(text), encoder.encode(text))
+
+
+def _documented_tokens(text):
+    """The rule as recorded in `CLEANING`, applied literally: lowercase, sub, split."""
+    if CLEANING["lowercase"]:
+        text = text.lower()
+    return re.sub(CLEANING["pattern"], CLEANING["replacement"], text).strip().split()
+
+
+# Characters whose lowercase is longer or leaves a-z (İ -> i + U+0307, K
+# (Kelvin) -> k, ẞ -> ß), unicode spaces and separators, digits of other scripts.
+TRICKY = st.sampled_from(["\u0130", "\u212a", "\u1e9e", "Σ", "ǅ", "\u0307", "\xa0", "\u2028", "\x1c", "\x85", "٣", "²", "_", "-", " "])
+UNICODE = st.lists(st.one_of(st.text(), TRICKY, st.sampled_from(WORDS)), max_size=30).map("".join)
+
+
+@settings(max_examples=500)
+@given(text=UNICODE)
+def test_tokenize_follows_the_documented_rule_on_any_unicode(text):
+    assert TextEncoder.tokenize(text) == _documented_tokens(text)
+    assert TextEncoder.tokenize(text) == TextEncoder.clean(text).split()
+
+
+@given(texts=st.lists(UNICODE, max_size=6), seq_len=st.integers(1, 8))
+def test_encode_is_the_documented_rule_then_lookup(texts, seq_len):
+    encoder = TextEncoder(["the", "cat", "a", "i", "k"], seq_len=seq_len)
+    ids = {word: i for i, word in enumerate(encoder.vocabulary, 2)}
+    expected = np.zeros((len(texts), seq_len), np.int32)
+    for row, text in zip(expected, texts):
+        words = _documented_tokens(text)[:seq_len]
+        row[: len(words)] = [ids.get(word, 1) for word in words]
+    rows = encoder.encode(texts)
+    assert rows.dtype == np.int32 and rows.flags.c_contiguous
+    np.testing.assert_array_equal(rows, expected)
+
+
+def test_lowercasing_that_adds_characters_splits_like_the_rule():
+    # "İ".lower() is "i" + COMBINING DOT ABOVE, a separator; Kelvin sign lowers to "k".
+    assert TextEncoder.tokenize("İSTANBUL Kelvin") == ["i", "stanbul", "kelvin"]
+    assert TextEncoder.tokenize("\u212a") == ["k"]
