@@ -6,6 +6,7 @@ weights, then metrics, curves and attention heatmaps written to `--out`.
 """
 
 import argparse
+import contextlib
 import inspect
 import json
 import os
@@ -96,6 +97,13 @@ def train(sentences, out, *, verbose="auto", **options):
 
     keras.utils.set_random_seed(run["seed"])
     tf.config.experimental.enable_op_determinism()
+    # Float sums depend on how ops split work between threads: one thread
+    # gives the same numbers for a seed on any machine.
+    # (TensorFlow refuses once it has run ops; then the process's setting
+    # stays, still deterministic within this machine.)
+    with contextlib.suppress(RuntimeError):
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
 
     texts = np.asarray(sentences.texts, dtype=object)
     labels = sentences.labels.astype(np.float32)
@@ -178,6 +186,9 @@ def train(sentences, out, *, verbose="auto", **options):
             _attention_examples(encoder, model, texts[test], labels[test]),
             staging / "attention.png",
         )
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 is for staging only
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)
@@ -275,7 +286,6 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     options = dict(TUTORIAL_RUN) if args.preset == "tutorial" else {}
     for name in (*DEFAULTS, *MODEL_DEFAULTS):
         if getattr(args, name) is not None:

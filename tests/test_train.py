@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_attn.data import Sentences, load_sentences
+from keras_attn.data import Sentences
+from keras_attn.pretrained import PATH
 from keras_attn.saving import load_model
 from keras_attn.train import main, stratified_split, train
 
@@ -98,7 +99,15 @@ def test_cli_help():
 
 @pytest.mark.skipif(not os.environ.get("KERAS_ATTN_DATA"),
                     reason="KERAS_ATTN_DATA is not set")
-def test_recipe_on_the_real_data(tmp_path):
-    metrics = train(load_sentences(), tmp_path / "real", seed=0, verbose=0)
+def test_training_command_reproduces_the_bundled_model(tmp_path):
+    bundled = json.loads(PATH.with_name("metrics.json").read_text())
+    subprocess.run([sys.executable, "-m", "keras_attn.train", "--seed", "0",
+                    "--out", str(tmp_path / "run")],
+                   check=True, capture_output=True)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["sizes"]["test"] == 600
-    assert metrics["test_accuracy"] > 0.8
+    assert metrics["data_sha256"] == bundled["data_sha256"]
+    assert metrics["options"] == bundled["options"]
+    # One thread and op determinism: the same numbers, not just close ones.
+    assert metrics["test_accuracy"] == bundled["test_accuracy"]
+    assert metrics["test_loss"] == pytest.approx(bundled["test_loss"], abs=1e-6)

@@ -1,0 +1,34 @@
+"""The bundled model: loads offline with its encoder and gets clear cases right."""
+
+import json
+
+import pytest
+
+import keras_attn
+from keras_attn.pretrained import PATH
+
+CLEAR = {
+    "I love this phone, it works great.": "Positive",
+    "The food was delicious and the staff were friendly.": "Positive",
+    "What a wonderful, moving film.": "Positive",
+    "Excellent product, highly recommended!": "Positive",
+    "Terrible. It broke after one day.": "Negative",
+    "The service was slow and the food was cold.": "Negative",
+    "Worst movie I have ever seen, a waste of time.": "Negative",
+    "Very disappointed, poor quality.": "Negative",
+}
+
+
+@pytest.mark.parametrize("text", CLEAR)
+def test_classifies_clear_sentences(text):
+    assert keras_attn.inference(text) == CLEAR[text]
+
+
+def test_carries_its_encoder_and_recorded_metrics():
+    model = keras_attn.load_pretrained()
+    encoder = model.text_encoder
+    assert encoder.labels == ("negative", "positive")
+    assert model.get_layer("embedding").input_dim == encoder.vocab_size
+    metrics = json.loads(PATH.with_name("metrics.json").read_text())
+    assert metrics["seed"] == 0 and metrics["test_accuracy"] > 0.84
+    assert metrics["options"]["seq_len"] == encoder.seq_len
