@@ -159,7 +159,7 @@ def run(options: argparse.Namespace) -> dict:
                              ("runtime int8", int8)] if p}
 
         progress.step("FLOPs per sentence and numpy sgemm rate")
-        results["flops"] = flops.count_flops(model)
+        results["flops"] = flops.count_flops(model, encoder.seq_len)
         n, reps = mode["matmul"]
         results["matmul"] = flops.matmul_rate(n, reps)
 

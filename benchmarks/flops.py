@@ -30,12 +30,13 @@ import numpy as np
 __all__ = ["count_flops", "matmul_rate"]
 
 
-def _dims(shape) -> list[int]:
-    return [int(d) for d in shape[1:]]
+def _dims(shape, seq_len) -> list[int]:
+    # A dynamic (None) length is the encoder's padded length.
+    return [seq_len if d is None else int(d) for d in shape[1:]]
 
 
-def count_flops(model) -> dict:
-    """FLOPs per sentence of ``model``'s matrix work.
+def count_flops(model, seq_len: int) -> dict:
+    """FLOPs per sentence of ``model``'s matrix work on rows of ``seq_len`` ids.
 
     Returns ``{"total", "layers": {name: FLOPs}, "elementwise": [names of
     weightless layers left out: Add, Average, pooling...], "ignored": [names
@@ -51,27 +52,27 @@ def count_flops(model) -> dict:
             if kind in ("InputLayer", "Embedding", "Flatten", "Dropout", "SpatialDropout1D"):
                 continue
             if hasattr(layer, "layers") and kind not in ("Bidirectional",):
-                inner = count_flops(layer)
+                inner = count_flops(layer, seq_len)
                 layers.update({f"{layer.name}/{k}": v for k, v in inner["layers"].items()})
                 ignored += inner["ignored"]
                 elementwise += inner["elementwise"]
                 continue
             if kind == "Conv1D":
                 k, cin, cout = (int(d) for d in layer.kernel.shape)
-                out_len = _dims(layer.output.shape)[0]
+                out_len = _dims(layer.output.shape, seq_len)[0]
                 layers[layer.name] = 2 * out_len * k * cin * cout
             elif kind == "Dense":
                 cin, cout = (int(d) for d in layer.kernel.shape)
-                lead = math.prod(_dims(layer.output.shape)[:-1])
+                lead = math.prod(_dims(layer.output.shape, seq_len)[:-1])
                 layers[layer.name] = 2 * lead * cin * cout
             elif kind == "ScaledDotAttention":
                 query, value = layer.input[0], layer.input[1]
-                tq, d = _dims(query.shape)
-                tv, dv = _dims(value.shape)
+                tq, d = _dims(query.shape, seq_len)
+                tv, dv = _dims(value.shape, seq_len)
                 layers[layer.name] = 2 * tq * tv * d + 2 * tq * tv * dv
             elif kind == "Bidirectional":
                 inner = layer.forward_layer
-                seq, cin = _dims(layer.input.shape if not isinstance(layer.input, list) else layer.input[0].shape)
+                seq, cin = _dims(layer.input.shape if not isinstance(layer.input, list) else layer.input[0].shape, seq_len)
                 units = int(inner.units)
                 layers[layer.name] = 2 * seq * 2 * 4 * (cin + units) * units
             elif not layer.weights:

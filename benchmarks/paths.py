@@ -22,9 +22,10 @@ def build_paths(model, keras_onnx: str, ours_fp32: str, ours_int8: str | None, t
 
     from export.runtime import SentimentPredictor
 
-    seq_len = int(model.inputs[0].shape[1])
+    # The model's own length: fixed (Flatten) or None (any length).
+    length = model.inputs[0].shape[1]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, seq_len], tf.int32)], jit_compile=False)
+    @tf.function(input_signature=[tf.TensorSpec([None, length], tf.int32)], jit_compile=False)
     def graph(x):
         return model(x, training=False)
 
