@@ -98,11 +98,14 @@ def build_sentiment_model(
         x = layers.Bidirectional(
             layers.LSTM(units // 2, return_sequences=True), name="lstm"
         )(x, mask=padding)
-    context, weights = ScaledDotAttention(name="attention")(
+    context, weights = ScaledDotAttention(name="self_attention")(
         [x, x], mask=[padding, padding], return_attention_scores=True
     )
-    # Keras's contract leaves the weights of padding queries in place.
-    weights = ops.where(real, weights, 0.0)
+    # Keras's contract leaves the weights of padding queries in place; a
+    # named layer (not an op) also names the model's output "attention".
+    weights = layers.Multiply(name="attention")(
+        [weights, ops.cast(real, weights.dtype)]
+    )
     if attention_dropout:
         context = layers.Dropout(attention_dropout)(context)
     if residual:
