@@ -49,7 +49,8 @@ def _word_pattern(cleaning: dict) -> re.Pattern:
     return re.compile("[" + pattern[2:])
 
 
-# tokenize() == clean().split(), in one pass (2.4 us a sentence instead of 4.1).
+# tokenize() == clean().split(), in one pass: 1.7 us a sentence instead of 2.9
+# (1024 real sentences), encode 3.2 us instead of 4.9.
 _WORDS = _word_pattern(CLEANING)
 _LOWERCASE = CLEANING["lowercase"]
 
