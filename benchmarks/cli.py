@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", metavar="N,N", help="batch sizes to time (default: " +
                         ",".join(map(str, ALL_BATCHES)) + ")")
     parser.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads for SentimentPredictor "
-                        "(default: its own default, one per core)")
+                        "(default: its own default, 1)")
     parser.add_argument("--workdir", metavar="DIR", help="keep the exported files in DIR (default: a temporary folder)")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-start processes")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
