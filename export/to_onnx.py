@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from export.cli import CliError, quiet_tensorflow, run, silenced_stderr
-from export.runtime import METADATA_ENCODER_KEY
+from export.runtime import METADATA_ENCODER_KEY, METADATA_PADDING_FREE_KEY
 
 quiet_tensorflow()  # must precede the first TensorFlow import in this process
 
@@ -230,7 +230,7 @@ def convert(
     say(f"converting '{model.name}' with tf2onnx (opset {opset})")
     t = time.perf_counter()
     proto = _to_proto(model, signature, opset)
-    _set_metadata(proto, model, encoder, opset)
+    _set_metadata(proto, model, encoder, opset, _padding_free(signature, encoder))
     try:
         _check_proto(proto)
     except Exception as error:
@@ -495,7 +495,32 @@ def _to_proto(model, signature: _Signature, opset: int):
     return proto
 
 
-def _set_metadata(proto, model, encoder, opset: int) -> None:
+def _padding_free(signature: _Signature, encoder) -> bool:
+    """Whether every output of a sentence is the same on the sentence cut after its last word.
+
+    Checked with Keras on the encoded sample sentences: the cut outputs,
+    padded back with zeros, must match the padded run. Only then may the
+    runtime skip padding (models from `keras_attn.build_sentiment_model`
+    without Flatten pass; a model whose padding changes the numbers does not).
+    """
+    if encoder is None or signature.shapes[0][1] is not None:
+        return False
+    ids = signature.sample(encoder, seed=0)[0][signature.names[0]]
+    padded = {k: np.asarray(v) for k, v in signature.call([ids]).items()}
+    for i, row in enumerate(ids):
+        length = int(np.flatnonzero(row).max()) + 1 if row.any() else 1
+        for name, value in signature.call([ids[i : i + 1, :length]]).items():
+            value, whole = np.asarray(value), padded[name][i : i + 1]
+            if value.ndim != whole.ndim:
+                return False
+            restored = np.zeros_like(whole)
+            restored[tuple(slice(0, d) for d in value.shape)] = value
+            if not np.allclose(restored, whole, rtol=0, atol=1e-5):
+                return False
+    return True
+
+
+def _set_metadata(proto, model, encoder, opset: int, padding_free: bool) -> None:
     import onnx
 
     import keras_attn
@@ -517,6 +542,8 @@ def _set_metadata(proto, model, encoder, opset: int) -> None:
     }
     if encoder is not None:
         props[METADATA_ENCODER_KEY] = encoder.to_json()
+    if padding_free:
+        props[METADATA_PADDING_FREE_KEY] = "true"
     onnx.helper.set_model_props(proto, props)
 
 

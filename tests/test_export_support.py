@@ -146,7 +146,7 @@ def run_module(module, *args, cwd, stdin=None, timeout=300):
     )
 
 
-def trimmable_sentiment_model(vocab_size, *, embedding_dim=8, units=12, kernel_size=3, seed=0):
+def trimmable_sentiment_model(vocab_size, *, embedding_dim=8, units=12, kernel_size=3, seed=0, zero_padding=True):
     """A recipe-style sentiment model whose rows can be cut at their last real token.
 
     Hand-built to the contract `export.runtime` relies on for a dynamic
@@ -154,6 +154,8 @@ def trimmable_sentiment_model(vocab_size, *, embedding_dim=8, units=12, kernel_s
     so Conv1D's "same" zero padding past a cut row equals the padding of an
     uncut one; (c) attention rows of padded queries are 0 (padded keys
     already are). Residual add, max pooling over the real tokens.
+    ``zero_padding=False`` drops (b): the last words' convolution then reads
+    the padding's embedding, and cutting a row changes its numbers.
     """
     keras.utils.set_random_seed(seed)
     tokens = keras.Input((None,), dtype="int32", name="tokens")
@@ -162,7 +164,8 @@ def trimmable_sentiment_model(vocab_size, *, embedding_dim=8, units=12, kernel_s
     x = layers.Embedding(
         vocab_size, embedding_dim, embeddings_initializer=keras.initializers.RandomNormal(stddev=1.5, seed=seed + 1)
     )(tokens)
-    x = x * ops.cast(real, x.dtype)
+    if zero_padding:
+        x = x * ops.cast(real, x.dtype)
     x = layers.Conv1D(units, kernel_size, padding="same", activation="relu", bias_initializer="ones")(x)
     context, weights = ScaledDotAttention(name="self_attention")(
         [x, x], mask=[padding, padding], return_attention_scores=True

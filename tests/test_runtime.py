@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import onnxruntime as ort
 
-from export.runtime import Prediction, SentimentPredictor, _plan
+from export.runtime import METADATA_PADDING_FREE_KEY, Prediction, SentimentPredictor, _plan, read_metadata
 from export.text import TextEncoder
 from export.to_onnx import convert, load_keras
 from test_export_support import (
@@ -309,6 +309,28 @@ def _mixed_ids(rng, n, width, vocab):
     ids[2::9] = rng.integers(1, vocab, (len(ids[2::9]), width))  # full rows
     ids[3::11, 1] = 0  # padding between words
     return ids
+
+
+def test_export_marks_them_padding_free(trimmable):
+    assert read_metadata(trimmable)[METADATA_PADDING_FREE_KEY] == "true"
+
+
+def test_a_model_whose_padding_matters_runs_padded(tmp_path):
+    encoder = TextEncoder.fit(SENTENCES, num_words=30, seq_len=12)
+    model = trimmable_sentiment_model(encoder.vocab_size, zero_padding=False)
+    path = tmp_path / "sensitive.onnx"
+    convert(model, path, encoder=encoder)
+    assert METADATA_PADDING_FREE_KEY not in read_metadata(path)
+    predictor = SentimentPredictor(path, chunk_size=16)
+    ids = _mixed_ids(np.random.default_rng(5), 40, 12, predictor.vocab_size)
+    # The uncut run is what this model means; cutting would change it.
+    row = ids[2:3].copy()
+    row[0, 4:] = 0
+    cut = _reference(path, row[:, :4])
+    assert not np.allclose(cut["probability"], _reference(path, row)["probability"], atol=1e-6)
+    expected = _reference(path, ids)
+    for name, value in predictor.run_ids(ids).items():
+        np.testing.assert_allclose(value, expected[name], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
