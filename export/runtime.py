@@ -372,11 +372,14 @@ class SentimentPredictor:
             texts = [texts]
         else:
             texts = list(texts)
-        outputs = self.run_ids(self.encoder.encode(texts))
+        ids = self.encoder.encode(texts)
+        outputs = self.run_ids(ids)
         negative, positive = self.encoder.labels
         results = []
-        for text, probability, weights in zip(texts, outputs[_PROBABILITY][:, 0], outputs[_ATTENTION]):
-            words = self.encoder.tokens(text)
+        for text, row, probability, weights in zip(
+            texts, ids.tolist(), outputs[_PROBABILITY][:, 0], outputs[_ATTENTION]
+        ):
+            words = self.encoder.decode(row)
             n = len(words)
             if n:
                 # Each real query row sums to 1 over the real keys (padding

@@ -247,3 +247,10 @@ def test_lowercasing_that_adds_characters_splits_like_the_rule():
     # "İ".lower() is "i" + COMBINING DOT ABOVE, a separator; Kelvin sign lowers to "k".
     assert TextEncoder.tokenize("İSTANBUL Kelvin") == ["i", "stanbul", "kelvin"]
     assert TextEncoder.tokenize("\u212a") == ["k"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_decode_of_an_encoded_row_gives_its_tokens(text):
+    encoder = TextEncoder(["good", "bad", "phone"], seq_len=6)
+    assert encoder.decode(encoder.encode(text)[0].tolist()) == encoder.tokens(text)
