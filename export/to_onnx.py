@@ -488,11 +488,36 @@ def _to_proto(model, signature: _Signature, opset: int):
                 dim.dim_param = _BATCH_AXIS
             elif (index, axis) in signature.axis_names:
                 dim.dim_param = signature.axis_names[(index, axis)]
+    sequence_axes = _output_sequence_axes(signature)
     for value in proto.graph.output:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_param = _BATCH_AXIS
+        for axis in sequence_axes.get(value.name, ()):
+            dims[axis].dim_param = _SEQUENCE_AXIS
     return proto
+
+
+def _output_sequence_axes(signature: _Signature) -> dict[str, list[int]]:
+    """Output name -> its axes that follow the input's one dynamic sequence axis.
+
+    Found by calling the model at two lengths: an axis that takes each
+    length in turn is that axis (tf2onnx would leave it ``unk__N``).
+    """
+    if list(signature.axis_names.values()) != [_SEQUENCE_AXIS]:
+        return {}
+    (index, axis), = signature.axis_names
+    shapes = []
+    for length in (3, 5):
+        feeds = []
+        for i, (shape, dtype) in enumerate(zip(signature.shapes, signature.dtypes)):
+            dims = [1] + [length if (i, a) == (index, axis) else d for a, d in enumerate(shape) if a > 0]
+            feeds.append(np.ones(dims, dtype=dtype))
+        shapes.append({name: np.shape(value) for name, value in signature.call(feeds).items()})
+    return {
+        name: [a for a, (d3, d5) in enumerate(zip(shape, shapes[1][name])) if a > 0 and (d3, d5) == (3, 5)]
+        for name, shape in shapes[0].items()
+    }
 
 
 def _padding_free(signature: _Signature, encoder) -> bool:

@@ -132,6 +132,8 @@ def test_graph_is_valid_named_and_ordered(converted):
     assert [o.name for o in graph.output] == list(conv.model.output_names) == ["attention", "probability"]
     for output in graph.output:
         assert output.type.tensor_type.shape.dim[0].dim_param == "batch"
+    attention = graph.output[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in attention] == ["batch", "sequence", "sequence"]
     assert conv.proto.opset_import[0].version == 17
 
 
