@@ -16,7 +16,8 @@ run on onnxruntime and compared with Keras output by output before it
 replaces anything: a failed export leaves no new file and never alters an
 existing one.
 
-The written file is the portable graph as tf2onnx produces it (it passes
+The written file is the portable graph as tf2onnx produces it, less the
+wasted work that `export.simplify` removes with exact rewrites (it passes
 `onnx.checker` and any onnxruntime build can load it); onnxruntime's own
 graph optimisations are applied when a session opens, which takes a few
 milliseconds for the sentiment model, so no machine-specific pre-optimised
@@ -46,6 +47,7 @@ import numpy as np
 
 from export.cli import CliError, quiet_tensorflow, run, silenced_stderr
 from export.runtime import METADATA_ENCODER_KEY, METADATA_PADDING_FREE_KEY
+from export.simplify import simplify
 
 quiet_tensorflow()  # must precede the first TensorFlow import in this process
 
@@ -135,9 +137,13 @@ class ExportReport:
     metadata: dict[str, str] = field(default_factory=dict)
     quantization: QuantizationReport | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    #: ONNX nodes as tf2onnx wrote them and after `export.simplify`.
+    nodes: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"wrote {self.path} ({_size(self.size_bytes)}, opset {self.opset}) from model '{self.model_name}'"]
+        if self.nodes:
+            lines.append(f"  graph   {self.nodes['nodes_after']} nodes (tf2onnx wrote {self.nodes['nodes_before']})")
         lines += [f"  input   {t}" for t in self.inputs]
         lines += [f"  output  {t}" for t in self.outputs]
         lines.append(
@@ -230,6 +236,7 @@ def convert(
     say(f"converting '{model.name}' with tf2onnx (opset {opset})")
     t = time.perf_counter()
     proto = _to_proto(model, signature, opset)
+    nodes = simplify(proto)
     _set_metadata(proto, model, encoder, opset, _padding_free(signature, encoder))
     try:
         _check_proto(proto)
@@ -289,6 +296,7 @@ def convert(
         metadata={p.key: p.value for p in proto.metadata_props if p.key != METADATA_ENCODER_KEY},
         quantization=quantization,
         seconds=seconds,
+        nodes=nodes,
     )
 
 

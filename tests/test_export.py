@@ -137,6 +137,17 @@ def test_graph_is_valid_named_and_ordered(converted):
     assert conv.proto.opset_import[0].version == 17
 
 
+def test_sentiment_graph_is_simplified(converted):
+    # Parity of the simplified graph is what the tests above check.
+    conv = converted("sentiment")
+    ops = [node.op_type for node in conv.proto.graph.node]
+    assert conv.report.nodes["nodes_after"] == len(ops) < conv.report.nodes["nodes_before"]
+    (gather,) = [node for node in conv.proto.graph.node if node.op_type == "Gather"]
+    assert gather.input[1] == "tokens"  # no negative-index select in front
+    assert "Less" not in ops
+    assert f"{len(ops)} nodes (tf2onnx wrote {conv.report.nodes['nodes_before']})" in str(conv.report)
+
+
 def test_dynamic_sequence_axis_is_named(converted):
     dims = converted("variable_length").proto.graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims] == ["batch", "sequence"]
