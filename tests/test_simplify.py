@@ -105,3 +105,27 @@ def test_gather_with_a_shift_other_than_the_axis_size_is_kept():
     assert gather.input[1] != "ids"
     ids = np.array([-3, -1, 0, 4], np.int32)
     np.testing.assert_array_equal(_run(proto, {"ids": ids})["rows"], TABLE[np.where(ids < 0, ids + 3, ids)])
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", None])
+def test_conv1d_bias_moves_into_the_conv(activation):
+    inputs = keras.Input((None, 4), name="x")
+    outputs = keras.layers.Conv1D(6, 3, padding="same", activation=activation)(inputs)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.get_weights()])
+    specs = [tf.TensorSpec([None, None, 4], tf.float32, name="x")]
+    proto = _convert(lambda x: {"y": tf.identity(model(x), name="y")}, specs)
+    x = rng.standard_normal((3, 7, 4)).astype(np.float32)
+    before = _run(proto, {"x": x})["y"]
+    simplify(proto)
+    onnx.checker.check_model(proto, full_check=True)
+    ops = _ops(proto)
+    (conv,) = [node for node in proto.graph.node if node.op_type == "Conv"]
+    assert len(conv.input) == 3 and "Add" not in ops
+    if activation:
+        # The activation reads the Conv directly, so onnxruntime can fuse it.
+        assert ops[ops.index("Conv") + 1] == activation.capitalize()
+    after = _run(proto, {"x": x})["y"]
+    np.testing.assert_allclose(after, before, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(after, model(x).numpy(), rtol=0, atol=1e-5)
