@@ -6,6 +6,7 @@ import pytest
 
 import keras_attn
 from keras_attn.pretrained import PATH
+from keras_attn.train import DEFAULTS, MODEL_DEFAULTS
 
 CLEAR = {
     "I love this phone, it works great.": "Positive",
@@ -30,5 +31,7 @@ def test_carries_its_encoder_and_recorded_metrics():
     assert encoder.labels == ("negative", "positive")
     assert model.get_layer("embedding").input_dim == encoder.vocab_size
     metrics = json.loads(PATH.with_name("metrics.json").read_text())
-    assert metrics["seed"] == 0 and metrics["test_accuracy"] > 0.84
+    # The recipe's seed 0, as `python -m keras_attn.train` writes it today.
+    assert metrics["seed"] == 0 and metrics["options"] == {**DEFAULTS, **MODEL_DEFAULTS}
+    assert metrics["test_accuracy"] > 0.83  # the tutorial's setup: 0.80
     assert metrics["options"]["seq_len"] == encoder.seq_len
