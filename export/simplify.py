@@ -36,6 +36,8 @@ def simplify(proto) -> dict[str, int]:
     Returns:
         ``{"nodes_before": n, "nodes_after": m}``.
     """
+    from onnx import helper  # onnx loads lazily, as in export.to_onnx: --help stays fast
+
     graph = proto.graph
     before = len(graph.node)
     constants = _constants(graph)
@@ -51,7 +53,7 @@ def simplify(proto) -> dict[str, int]:
             kept = [y, negation_cast]
         else:
             continue
-        graph.node[index].CopyFrom(_node("Mul", kept, list(node.output), node.name))
+        graph.node[index].CopyFrom(helper.make_node("Mul", kept, list(node.output), name=node.name))
     for node in graph.node:
         if node.op_type == "Gather" and len(node.input) == 2:
             index = _wrapped_index(node, producers, constants)
@@ -212,12 +214,6 @@ def _is(node, op_type: str) -> bool:
 
 def _is_any(node, op_types) -> bool:
     return node is not None and node.op_type in op_types and node.domain in ("", "ai.onnx")
-
-
-def _node(op_type, inputs, outputs, name):
-    from onnx import helper
-
-    return helper.make_node(op_type, inputs, outputs, name=name)
 
 
 def _constants(graph) -> dict[str, np.ndarray]:
