@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from export.session import open_session
 from export.text import TextEncoder
 
 __all__ = [
@@ -124,7 +124,7 @@ class Prediction:
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The custom metadata of the ONNX file at ``path`` (producer, versions, encoder)."""
-    session = _session(path, threads=1)
+    session = open_session(path, threads=1)
     meta = session.get_modelmeta()
     return {
         "producer_name": meta.producer_name,
@@ -177,7 +177,7 @@ class SentimentPredictor:
         # make throughput depend on the batch size. Callers that share one
         # predictor across their own threads get the parallelism anyway.
         self._workers = int(threads) if threads is not None else 1
-        self._session = _session(self.path, 1)
+        self._session = open_session(self.path, threads=1)
         self._pool = None
         self._pool_lock = threading.Lock()
         self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
@@ -460,20 +460,3 @@ def _plan(lengths: np.ndarray, max_rows: int) -> list[tuple[int, int, int]]:
             last = min(first + size, stop)
             chunks.append((first, last, max(int(lengths[last - 1]), 1)))
     return chunks
-
-
-def _session(path: str | os.PathLike[str], threads: int | None) -> ort.InferenceSession:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no such ONNX file: {path}")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises its own exception types
-        message = " ".join(str(error).split())
-        raise ValueError(f"{path} is not a usable ONNX model: {message[:300]}") from None

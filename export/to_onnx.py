@@ -36,7 +36,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 import zipfile
@@ -46,7 +45,9 @@ from pathlib import Path
 import numpy as np
 
 from export.cli import CliError, quiet_tensorflow, run, silenced_stderr
+from export.files import atomic_file
 from export.runtime import METADATA_ENCODER_KEY, METADATA_PADDING_FREE_KEY
+from export.session import open_session
 from export.simplify import simplify
 
 quiet_tensorflow()  # must precede the first TensorFlow import in this process
@@ -245,40 +246,33 @@ def convert(
     seconds["convert"] = time.perf_counter() - t
 
     quantized_path = output.with_name(f"{output.stem}.int8{output.suffix or '.onnx'}")
-    temps: list[str] = []
     try:
-        tmp = _temp_beside(output, temps)
-        _save(proto, tmp)
-        parity: dict[str, float] = {}
-        rows, data_kind = 0, ""
-        feeds = None
-        if verify or quantize:
-            feeds, data_kind = signature.sample(encoder, seed)
-            rows = len(next(iter(feeds.values())))
-        if verify:
-            say("verifying with onnxruntime")
-            t = time.perf_counter()
-            parity = _verify(model, signature, tmp, feeds, tolerance)
-            seconds["verify"] = time.perf_counter() - t
-        quantization = None
-        if quantize:
-            say("quantizing MatMul to int8")
-            t = time.perf_counter()
-            tmp_q = _temp_beside(quantized_path, temps)
-            quantization = _quantize(tmp, tmp_q, quantized_path, signature, encoder, seed)
-            seconds["quantize"] = time.perf_counter() - t
-        size = os.path.getsize(tmp)
-        _publish(tmp, output)
-        if quantize:
-            _publish(tmp_q, quantized_path)
+        with contextlib.ExitStack() as files:
+            tmp = str(files.enter_context(atomic_file(output)))
+            _save(proto, tmp)
+            parity: dict[str, float] = {}
+            rows, data_kind = 0, ""
+            feeds = None
+            if verify or quantize:
+                feeds, data_kind = signature.sample(encoder, seed)
+                rows = len(next(iter(feeds.values())))
+            if verify:
+                say("verifying with onnxruntime")
+                t = time.perf_counter()
+                parity = _verify(model, signature, tmp, feeds, tolerance)
+                seconds["verify"] = time.perf_counter() - t
+            quantization = None
+            if quantize:
+                say("quantizing MatMul to int8")
+                t = time.perf_counter()
+                tmp_q = str(files.enter_context(atomic_file(quantized_path)))
+                quantization = _quantize(tmp, tmp_q, quantized_path, signature, encoder, seed)
+                seconds["quantize"] = time.perf_counter() - t
+            size = os.path.getsize(tmp)
     except ExportError:
         raise
     except OSError as error:
         raise ExportError(f"cannot write {output}: {_line(error)}") from error
-    finally:
-        for path in temps:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
     seconds["total"] = time.perf_counter() - started
     return ExportReport(
         path=output,
@@ -595,14 +589,6 @@ def _save(proto, path: str) -> None:
 # -- verification and quantisation ------------------------------------------
 
 
-def _session(path: str):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 def _keras_outputs(signature: _Signature, feeds: dict) -> dict[str, np.ndarray]:
     keras = _import_keras()
     flat = [feeds[name] for name in signature.names]
@@ -628,7 +614,7 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 def _verify(model, signature: _Signature, path: str, feeds: dict, tolerance: float) -> dict[str, float]:
     try:
-        session = _session(path)
+        session = open_session(path)
         got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     except Exception as error:
         raise ExportError(f"onnxruntime cannot run the converted model: {_line(error)}") from error
@@ -657,7 +643,7 @@ def _quantize(tmp: str, tmp_q: str, final: Path, signature: _Signature, encoder,
     finally:
         root.setLevel(level)
     feeds, _ = signature.sample(encoder, seed + 1, rows=_TIMING_ROWS)
-    fp32, int8 = _session(tmp), _session(tmp_q)
+    fp32, int8 = open_session(tmp), open_session(tmp_q)
     (fp32_ms, int8_ms), (out32, out8) = _timings([fp32, int8], feeds)
     names = [o.name for o in fp32.get_outputs()]
     compared = "probability" if "probability" in names else names[0]
@@ -704,25 +690,6 @@ def _check_writable(output: Path) -> None:
         raise ExportError(f"cannot write {output}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ExportError(f"cannot write {output}: folder {folder} is not writable")
-
-
-def _temp_beside(path: Path, temps: list[str]) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    temps.append(tmp)
-    return tmp
-
-
-def _publish(tmp: str, final: Path) -> None:
-    """Give ``tmp`` the mode a new file would have (or the existing file's), then move it in place."""
-    try:
-        mode = os.stat(final).st_mode & 0o7777
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        mode = 0o666 & ~umask
-    os.chmod(tmp, mode)
-    os.replace(tmp, final)
 
 
 # -- helpers ----------------------------------------------------------------

@@ -4,12 +4,11 @@ The encoder's JSON rides inside the `.keras` zip archive as an extra member,
 which `keras.models.load_model` ignores, so the file stays a plain Keras model.
 """
 
-import os
 import zipfile
-from pathlib import Path
 
 import keras
 
+from export.files import atomic_file
 from keras_attn.text import TextEncoder
 
 ENCODER_MEMBER = "text_encoder.json"
@@ -17,20 +16,13 @@ ENCODER_MEMBER = "text_encoder.json"
 
 def save_model(model, path, encoder=None):
     """Saves `model` to `path` (`.keras`), with `encoder` inside, atomically."""
-    path = Path(path)
     encoder = encoder or getattr(model, "text_encoder", None)
-    # Not mkstemp: its 0600 mode would make an installed model unreadable
-    # to other users. Keras insists on the .keras suffix.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
-    try:
+    # Keras insists on the .keras suffix of the file it writes.
+    with atomic_file(path, suffix=".keras") as tmp:
         model.save(tmp)
         if encoder is not None:
             with zipfile.ZipFile(tmp, "a") as archive:
                 archive.writestr(ENCODER_MEMBER, encoder.to_json())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_encoder(path):

@@ -9,15 +9,13 @@ import argparse
 import contextlib
 import inspect
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from export.files import atomic_dir
 from keras_attn.data import load_sentences
 from keras_attn.models import TUTORIAL, build_sentiment_model
 from keras_attn.text import TextEncoder
@@ -178,10 +176,7 @@ def train(sentences, out, *, verbose="auto", **options):
         "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
     }
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as staging:
         save_model(model, staging / "model.keras", encoder)
         (staging / "history.json").write_text(json.dumps(history, indent=2))
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -192,14 +187,6 @@ def train(sentences, out, *, verbose="auto", **options):
             _attention_examples(encoder, model, texts[test], labels[test]),
             staging / "attention.png",
         )
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 is for staging only
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return metrics
 
 

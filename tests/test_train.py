@@ -108,6 +108,12 @@ def test_training_command_reproduces_the_bundled_model(tmp_path):
     assert metrics["sizes"]["test"] == 600
     assert metrics["data_sha256"] == bundled["data_sha256"]
     assert metrics["options"] == bundled["options"]
-    # One thread and op determinism: the same numbers, not just close ones.
+    assert metrics["sizes"] == bundled["sizes"]
+    # What a seed decides is exact on any CPU: the split, every prediction's
+    # side of 0.5, the epoch whose weights were kept. Float sums differ
+    # between CPUs (AVX-512 or not, AMD or Intel), so the loss matches to
+    # 1e-4 relative (measured: 5e-5 between an AMD EPYC and an Intel Xeon).
     assert metrics["test_accuracy"] == bundled["test_accuracy"]
-    assert metrics["test_loss"] == pytest.approx(bundled["test_loss"], abs=1e-6)
+    assert metrics["test_accuracy_by_source"] == bundled["test_accuracy_by_source"]
+    assert metrics["best_epoch"] == bundled["best_epoch"]
+    assert metrics["test_loss"] == pytest.approx(bundled["test_loss"], rel=1e-4)
