@@ -9,16 +9,21 @@ Keras.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
-__all__ = ["CliError", "one_line", "quiet_tensorflow", "run", "silenced_stderr"]
+__all__ = ["TRAIN_EXTRA", "CliError", "import_training", "one_line", "quiet_tensorflow", "run", "silenced_stderr"]
 
 #: Exit status for an error reported on one line.
 EXIT_ERROR = 1
 #: Exit status after Ctrl-C, as a shell reports it.
 EXIT_INTERRUPTED = 130
+
+
+#: What to install for everything that needs TensorFlow and Keras.
+TRAIN_EXTRA = 'pip install "keras-attn[train]"'
 
 
 class CliError(Exception):
@@ -40,11 +45,40 @@ def one_line(error: BaseException | str, limit: int = 400) -> str:
     return text
 
 
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ log and absl start-up lines; call before importing it."""
+def quiet_tensorflow() -> bool:
+    """Silence TensorFlow's C++ log lines from now on; call before importing it.
+
+    Returns False when the user asked for those lines by setting
+    ``TF_CPP_MIN_LOG_LEVEL`` to 0 or 1 (then nothing is changed).
+    """
+    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1"):
+        return False
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # oneDNN's "custom operations are on" notice is logged at INFO by absl.
     os.environ.setdefault("GLOG_minloglevel", "2")
+    return True
+
+
+def import_training(name: str = "keras"):
+    """Import and return a module of the training stack (keras, tensorflow, tf2onnx) quietly.
+
+    The one place where keras-attn first imports them: TensorFlow's absl and
+    oneDNN lines, printed while it is imported whatever the log level, are
+    silenced unless `quiet_tensorflow` says the user asked for them.
+
+    Raises:
+        ModuleNotFoundError: the module or one it needs is not installed (the
+            serving install); the message names the extra to install.
+    """
+    quiet = quiet_tensorflow()
+    try:
+        with silenced_stderr(quiet):
+            return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        raise ModuleNotFoundError(
+            f"{error.name} is not installed: the layer, training and export need {TRAIN_EXTRA}",
+            name=error.name,
+        ) from None
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.cli import CliError, quiet_tensorflow, run, silenced_stderr
+from export.cli import CliError, import_training, quiet_tensorflow, run, silenced_stderr
 from export.files import atomic_file
 from export.runtime import METADATA_ENCODER_KEY, METADATA_PADDING_FREE_KEY
 from export.session import open_session
@@ -771,17 +771,11 @@ def _size(n: int) -> str:
 
 
 def _import_tf():
-    quiet_tensorflow()
-    import tensorflow as tf
-
-    return tf
+    return import_training("tensorflow")
 
 
 def _import_keras():
-    _import_tf()
-    import keras
-
-    return keras
+    return import_training("keras")
 
 
 def _import_tf2onnx():

@@ -4,14 +4,17 @@ Importing the package registers `ScaledDotAttention` with Keras, so a saved
 `.keras` model that uses it loads without `custom_objects`.
 """
 
-from keras_attn.attention import ScaledDotAttention
+from export import __version__
+from export.cli import import_training
+
+import_training("keras")  # before any Keras import below: quiet, or one line naming the [train] extra
+
+from keras_attn.attention import ScaledDotAttention  # noqa: E402 - after import_training()
 from keras_attn.inference import inference
 from keras_attn.models import build_sentiment_model
 from keras_attn.pretrained import load_pretrained
 from keras_attn.saving import load_model, save_model
 from keras_attn.text import TextEncoder
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ScaledDotAttention",
