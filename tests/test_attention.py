@@ -215,6 +215,7 @@ print(json.dumps({k: np.asarray(v).tolist() for k, v in out.items()}))
 """
 
 
+@pytest.mark.slow
 def test_keras_file_loads_in_new_process_without_custom_objects(tmp_path):
     inputs = keras.Input((6, 4))
     out, weights = ScaledDotAttention(use_scale=True, score_mode="concat",
