@@ -1,11 +1,12 @@
-"""export.to_onnx.convert: structure, metadata, Keras parity, atomic writes, int8 copy.
+"""export.convert.convert (re-exported by export.to_onnx): structure, metadata, Keras parity,
+atomic writes, int8 copy; export.validate.validate against a model that differs.
 
 Each model is converted once (module-scoped cache); Hypothesis then compares
 onnxruntime with Keras on random padded token batches.
 """
 
-import os
 
+import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,10 +14,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import export.to_onnx as to_onnx
+import export.convert
+from export.errors import ExportError, ParityError
 from export.runtime import METADATA_ENCODER_KEY, SentimentPredictor
+from export.signature import ModelSignature
 from export.text import TextEncoder
-from export.to_onnx import ExportError, ExportReport, convert
+from export.to_onnx import ExportReport, convert, load_keras
+from export.validate import sample_inputs, validate
 from keras_attn.saving import read_encoder
 from test_export_support import (
     CONFIGS,
@@ -54,7 +58,7 @@ def converted(tmp_path_factory):
             elif name in ("sentiment", "lstm"):
                 options = {"encoder": "lstm"} if name == "lstm" else {}
                 path, model, _ = sentiment(folder, name=f"{name}.keras", **options)
-                model = to_onnx.load_keras(path)
+                model = load_keras(path)
             else:
                 model = attention_model(name)
             path = folder / f"{name}.onnx"
@@ -109,8 +113,8 @@ def test_parity_lstm_sentiment_model(converted, n, seed):
 
 
 def test_random_verification_inputs_are_valid_and_padded():
-    signature = to_onnx._Signature(two_input_model())
-    feeds, kind = signature.sample(None, seed=0)
+    signature = ModelSignature.from_keras(two_input_model())
+    feeds, kind = sample_inputs(signature, seed=0)
     assert "random" in kind
     for name, length in (("queries", 5), ("values", 9)):
         ids = feeds[name]
@@ -167,7 +171,6 @@ def test_report_holds_parity_per_output(converted):
     assert report.verified and report.has_encoder
     assert set(report.parity) == {"attention", "probability"}
     assert all(0 <= diff <= 1e-4 for diff in report.parity.values())
-    assert report.size_bytes == os.path.getsize(conv.path)
     assert [t.name for t in report.outputs] == ["attention", "probability"]
     text = str(report)
     assert "probability" in text and "parity" in text and "opset 17" in text
@@ -212,43 +215,45 @@ def _listing(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
+def _other_weights(model):
+    """The same architecture with every weight moved a little: a model the file does not come from."""
+    other = keras.models.clone_model(model)
+    other.set_weights([w + 0.05 for w in model.get_weights()])
+    return other
+
+
+def test_validate_catches_a_model_that_differs(converted):
+    conv = converted("scale_none")
+    report = validate(conv.model, conv.path)
+    assert set(report.parity) == {"attention", "probability"} and max(report.parity.values()) < 1e-5
+    with pytest.raises(ParityError, match="disagrees") as caught:
+        validate(_other_weights(conv.model), conv.path)
+    assert max(caught.value.parity.values()) > 1e-3
+
+
 def test_verification_failure_leaves_existing_file_byte_identical(tmp_path, monkeypatch):
     target = tmp_path / "model.onnx"
     target.write_bytes(b"previous export")
     before = _listing(tmp_path)
-    real = to_onnx._keras_outputs
-
-    def off_by_a_little(signature, feeds):
-        return {k: v + 1e-3 for k, v in real(signature, feeds).items()}
-
-    monkeypatch.setattr(to_onnx, "_keras_outputs", off_by_a_little)
-    with pytest.raises(ExportError, match="disagrees"):
-        convert(attention_model("scale_none"), target, quantize=True)
+    model = attention_model("scale_none")
+    other = _other_weights(model)
+    # The check compares the file with a model it does not come from.
+    monkeypatch.setattr(export.convert, "validate", lambda m, path, **kw: validate(other, path, **kw))
+    with pytest.raises(ParityError, match="nothing was written"):
+        convert(model, target, quantize=True)
     assert target.read_bytes() == b"previous export"
     assert _listing(tmp_path) == before  # no temp file, no int8 copy
 
 
-def test_zero_tolerance_failure_leaves_no_file(tmp_path, monkeypatch):
-    # Parity is ~1e-8, not exact: force a non-zero diff so the test does not
-    # depend on rounding luck, and check the real comparison rejects it.
-    real = to_onnx._keras_outputs
-    monkeypatch.setattr(
-        to_onnx, "_keras_outputs", lambda s, f: {k: v * (1 + 1e-6) + 1e-7 for k, v in real(s, f).items()}
-    )
-    with pytest.raises(ExportError):
-        convert(attention_model("scale_none"), tmp_path / "m.onnx", tolerance=0)
-    assert _listing(tmp_path) == []
-
-
-def test_conversion_failure_leaves_no_file(tmp_path, monkeypatch):
+def test_write_failure_is_an_export_error_and_leaves_no_file(tmp_path, monkeypatch):
     target = tmp_path / "model.onnx"
     target.write_bytes(b"old")
 
-    def broken(*args):
-        raise RuntimeError("disk full")
+    def disk_full(proto, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(to_onnx, "_save", broken)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(onnx, "save", disk_full)
+    with pytest.raises(ExportError, match="cannot write .*No space left"):
         convert(attention_model("scale_none"), target)
     assert target.read_bytes() == b"old"
     assert _listing(tmp_path) == ["model.onnx"]
@@ -276,7 +281,6 @@ def test_quantize_writes_int8_copy_beside(tmp_path):
     report = convert(path, tmp_path / "sentiment.onnx", quantize=True)
     q = report.quantization
     assert q.path == tmp_path / "sentiment.int8.onnx" and q.path.is_file()
-    assert q.size_bytes == os.path.getsize(q.path)
     assert q.compared_output == "probability"
     assert 0.0 <= q.label_agreement <= 1.0 and q.max_abs_diff < 0.1
     assert q.fp32_ms > 0 and q.int8_ms > 0
