@@ -184,7 +184,7 @@ def _input_specs(model, keras):
     inputs = getattr(model, "inputs", None) if model.built else None
     if inputs:
         tensors = list(inputs)
-        names = _unique([clean_name(getattr(t, "name", None) or f"input_{i}") for i, t in enumerate(tensors)])
+        names = _unique([_input_name(t, i, len(tensors)) for i, t in enumerate(tensors)])
         by_id = {id(t): n for t, n in zip(tensors, names)}
         struct = getattr(model, "_inputs_struct", None)
         structure = keras.tree.map_structure(lambda t: by_id[id(t)], struct) if struct is not None else None
@@ -207,6 +207,14 @@ def _input_specs(model, keras):
                 dims.append(int(d))
         specs.append(TensorSpec(name, dtype, tuple(dims)))
     return structure, specs
+
+
+def _input_name(tensor, index: int, count: int) -> str:
+    """The input's own name; ``input`` (``input_<i>``) for one Keras numbered itself (``keras_tensor_104``)."""
+    name = getattr(tensor, "name", None) or ""
+    if not name or re.fullmatch(r"keras_tensor(_\d+)?", name):
+        return "input" if count == 1 else f"input_{index}"
+    return clean_name(name)
 
 
 def _subclassed_inputs(model, keras):
