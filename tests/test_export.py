@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import export.convert
-from export.errors import ExportError, ParityError
+from export.errors import ExportError, ExtraInputError, ParityError, UnbuiltModelError, UnsupportedLayerError
 from export.runtime import METADATA_ENCODER_KEY, SentimentPredictor
 from export.signature import ModelSignature
 from export.text import TextEncoder
@@ -29,6 +29,8 @@ from test_export_support import (
     attention_model,
     keras_outputs,
     padded_ids,
+    run_module,
+    run_script,
     sentiment,
     two_input_model,
 )
@@ -297,3 +299,222 @@ def test_vocabulary_larger_than_embedding_is_refused(tmp_path):
     with pytest.raises(ExportError, match="Embedding"):
         convert(model, tmp_path / "m.onnx", encoder=too_big)
     assert not (tmp_path / "m.onnx").exists()
+
+
+# -- the model kinds tf2onnx 1.17 gets wrong, and how each is handled ---------
+
+
+def _ops(path):
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_gelu_converts_through_erf(tmp_path):
+    x = keras.Input((6,), name="x")
+    h = keras.layers.Dense(8, activation="gelu")(x)  # exact gelu: TensorFlow's Erfc
+    model = keras.Model(x, keras.layers.Dense(2)(keras.ops.gelu(h)), name="gelu")
+    report = convert(model, tmp_path / "gelu.onnx")
+    assert "Erf" in _ops(tmp_path / "gelu.onnx") and "Erfc" not in _ops(tmp_path / "gelu.onnx")
+    assert max(report.parity.values()) < 1e-5
+    # Far in both tails too, where 1 - Erf could lose what Erfc keeps.
+    session = ort.InferenceSession(str(tmp_path / "gelu.onnx"), providers=["CPUExecutionProvider"])
+    wide = np.linspace(-12, 12, 6 * 40, dtype=np.float32).reshape(40, 6)
+    np.testing.assert_allclose(session.run(None, {"x": wide})[0], model(wide).numpy(), rtol=0, atol=1e-4)
+
+
+def test_adapted_normalization_is_frozen_so_the_inputs_are_the_models(tmp_path):
+    x = keras.Input((4,), name="features")
+    norm = keras.layers.Normalization()
+    norm.adapt(np.random.default_rng(0).normal(5.0, 3.0, (100, 4)).astype("float32"))
+    model = keras.Model(x, keras.layers.Dense(1)(norm(x)))
+    convert(model, tmp_path / "norm.onnx")
+    session = ort.InferenceSession(str(tmp_path / "norm.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["features"]
+    rows = np.random.default_rng(1).normal(5.0, 3.0, (9, 4)).astype("float32")
+    np.testing.assert_allclose(session.run(None, {"features": rows})[0], model(rows).numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_graph_input_the_model_lacks_is_an_extra_input_error(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = keras.Input((3,), name="x")
+    model = keras.Model(x, x - 1.0)
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["x", "mean"], ["y"])],
+        "leaky",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in ("x", "mean")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "leaky.onnx")
+    with pytest.raises(ExtraInputError, match="mean"):
+        validate(model, tmp_path / "leaky.onnx")
+
+
+def test_time_distributed_over_a_variable_axis_needs_no_loop(tmp_path):
+    frames = keras.Input((None, 5), name="frames")
+    model = keras.Model(frames, keras.layers.TimeDistributed(keras.layers.Dense(3, activation="tanh"))(frames))
+    convert(model, tmp_path / "td.onnx")
+    assert "Loop" not in _ops(tmp_path / "td.onnx")
+    report = validate(model, tmp_path / "td.onnx", batch_sizes=(1, 4), lengths=(1, 33))
+    assert report.runs == [(1, 1), (4, 1), (1, 33), (4, 33)] and max(report.parity.values()) < 1e-5
+
+
+@keras.saving.register_keras_serializable(package="keras_attn_export_tests")
+class MeanClassifier(keras.Model):
+    """A subclassed model: its own call(), no functional graph."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = keras.layers.Embedding(VOCAB, 8)
+        self.score = keras.layers.Dense(2, activation="softmax")
+
+    def call(self, tokens):
+        return self.score(keras.ops.mean(self.embedding(tokens), axis=1))
+
+
+def test_subclassed_model_converts_once_called(tmp_path):
+    model = MeanClassifier()
+    with pytest.raises(UnbuiltModelError, match="call it once"):
+        convert(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+    ids = padded_ids(np.random.default_rng(0), 5, SEQ_LEN)
+    expected = model(ids).numpy()
+    report = convert(model, tmp_path / "m.onnx")
+    assert [str(t) for t in report.inputs] == [f"inputs int32 (batch, {SEQ_LEN})"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"inputs": ids})[0], expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", ["StringLookup", "IntegerLookup"])
+def test_lookup_layers_are_refused_naming_the_layer(tmp_path, layer):
+    if layer == "StringLookup":
+        words = keras.Input((2,), dtype="string", name="words")
+        ids = keras.layers.StringLookup(vocabulary=["good", "bad"], name="vocab")(words)
+    else:
+        words = keras.Input((2,), dtype="int64", name="codes")
+        ids = keras.layers.IntegerLookup(vocabulary=[7, 9], name="vocab")(words)
+    model = keras.Model(words, keras.layers.Embedding(4, 2)(ids))
+    with pytest.raises(UnsupportedLayerError, match=f"'vocab' \\({layer}\\)") as caught:
+        convert(model, tmp_path / "m.onnx")
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_same_model_exported_twice_gives_the_same_bytes(tmp_path):
+    model = attention_model("causal")
+    convert(model, tmp_path / "a.onnx")
+    convert(model, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_signature_is_known_before_conversion():
+    signature = ModelSignature.from_keras(two_input_model())
+    assert [str(t) for t in signature.inputs] == ["queries int32 (batch, 5)", "values int32 (batch, 9)"]
+    assert [str(t) for t in signature.outputs] == ["classes float32 (batch, 3)", "cross float32 (batch, 5, 9)"]
+    variable = ModelSignature.from_keras(attention_model("variable_length"))
+    assert [str(t) for t in variable.outputs] == [
+        "attention float32 (batch, sequence, sequence)",
+        "probability float32 (batch, 1)",
+    ]
+
+
+def test_validate_command_prints_the_report(converted, tmp_path, capsys):
+    from export.validate import main
+
+    conv = converted("sentiment")
+    keras_path, _, _ = sentiment(tmp_path)
+    assert main([str(keras_path), str(conv.path), "--batch-sizes", "1,3"]) == 0
+    out = capsys.readouterr().out
+    assert "parity with Keras on encoded sample sentences" in out and "probability" in out
+
+
+# -- command lines in other processes ---------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_exports_whatever_keras_backend_the_user_has(tmp_path):
+    path, _, _ = sentiment(tmp_path, name="dev.keras")
+    for backend in ("jax", "torch"):
+        # Neither needs to be installed: the exporter loads the file with TensorFlow.
+        proc = run_module("export.to_onnx", path, "-o", f"{backend}.onnx", cwd=tmp_path, env={"KERAS_BACKEND": backend})
+        assert proc.returncode == 0, proc.stderr
+        assert "max |diff|" in proc.stdout and proc.stderr == ""
+
+
+JAX_MODEL = """
+import numpy as np, keras
+assert keras.backend.backend() == "jax"
+keras.utils.set_random_seed(0)
+tokens = keras.Input((None,), dtype="int32", name="tokens")
+x = keras.layers.Embedding(30, 16, mask_zero=True)(tokens)
+a = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8)(x, x)
+x = keras.layers.LayerNormalization()(x + a)
+x = keras.layers.Dense(16, activation="gelu")(x)
+x = keras.layers.GlobalAveragePooling1D()(x)
+model = keras.Model(tokens, keras.layers.Dense(3, activation="softmax", name="classes")(x))
+model.save("jax.keras")
+ids = np.random.default_rng(0).integers(1, 30, (6, 11)).astype("int32")
+ids[0, 4:] = 0
+np.savez("jax_outputs.npz", ids=ids, classes=np.asarray(model.predict(ids, verbose=0)))
+"""
+
+
+@pytest.mark.slow
+def test_a_model_saved_under_jax_exports_and_matches_jax(tmp_path):
+    pytest.importorskip("jax")
+    (tmp_path / "make.py").write_text(JAX_MODEL)
+    proc = run_script(tmp_path / "make.py", cwd=tmp_path, env={"KERAS_BACKEND": "jax"})
+    assert proc.returncode == 0, proc.stderr
+    convert(tmp_path / "jax.keras", tmp_path / "jax.onnx")
+    saved = np.load(tmp_path / "jax_outputs.npz")
+    session = ort.InferenceSession(str(tmp_path / "jax.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"tokens": saved["ids"]})[0], saved["classes"], rtol=0, atol=1e-5)
+
+
+SUBCLASSED_MODULE = """
+import keras
+
+@keras.saving.register_keras_serializable(package="user_code")
+class Averager(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = keras.layers.Embedding(20, 4)
+        self.out = keras.layers.Dense(1, activation="sigmoid")
+
+    def call(self, tokens):
+        return self.out(keras.ops.mean(self.embedding(tokens), axis=1))
+"""
+
+
+@pytest.mark.slow
+def test_cli_converts_a_subclassed_model_with_import(tmp_path):
+    (tmp_path / "user_layers.py").write_text(SUBCLASSED_MODULE)
+    (tmp_path / "make.py").write_text(
+        "import numpy as np, user_layers\nm = user_layers.Averager()\nm(np.ones((2, 6), 'int32'))\nm.save('sub.keras')\n"
+    )
+    assert run_script(tmp_path / "make.py", cwd=tmp_path).returncode == 0
+    proc = run_module("export.to_onnx", "sub.keras", cwd=tmp_path)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1
+    assert "Averager" in proc.stderr and "--import" in proc.stderr
+    proc = run_module("export.to_onnx", "sub.keras", "--import", "user_layers", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "input   inputs int32 (batch, 6)" in proc.stdout and "max |diff|" in proc.stdout
+
+
+@pytest.mark.slow
+def test_onnxruntime_logs_nothing_before_our_error_line(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = keras.Input((3,), name="x")
+    keras.Model(x, x * 2.0).save(tmp_path / "m.keras")
+    # Valid for onnx.checker, fails at run time: 3 values cannot be 2 x something.
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [2, -1])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "bad.onnx")
+    proc = run_module("export.validate", "m.keras", "bad.onnx", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: onnxruntime cannot run") and proc.stderr.count("\n") == 1, proc.stderr
