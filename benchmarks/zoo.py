@@ -6,7 +6,7 @@ converts with `export.convert` and with Keras's own
 ``model.export(format="onnx")`` (the README's table).
 
 Each `Architecture` builds its model fresh (seeded); ``refused`` names the
-layer that `export.convert` refuses with `export.errors.UnsupportedLayerError`.
+layer type that `export.convert` refuses with `export.errors.UnsupportedLayerError`.
 Keras is imported on the TensorFlow backend by `export.signature.tensorflow_keras`.
 """
 
@@ -316,6 +316,14 @@ def integer_lookup(keras, layers, ops):
     return keras.Model(codes, layers.Dense(1, name="score")(h), name="integer_lookup")
 
 
+@_seeded
+def hashed_oov_lookup(keras, layers, ops):
+    words = keras.Input((4,), dtype="string", name="words")
+    ids = layers.StringLookup(vocabulary=["good", "bad", "film"], num_oov_indices=2)(words)
+    h = layers.GlobalAveragePooling1D()(layers.Embedding(6, 4)(ids))
+    return keras.Model(words, layers.Dense(1, name="score")(h), name="hashed_oov_lookup")
+
+
 ARCHITECTURES = [
     Architecture("mlp", "dense", mlp),
     Architecture("mlp_gelu", "dense, exact and tanh gelu", mlp_gelu),
@@ -343,6 +351,7 @@ ARCHITECTURES = [
     Architecture("attention_causal", "ScaledDotAttention, causal", _attention({"causal": True}, "attention_causal")),
     Architecture("attention_variable_length", "ScaledDotAttention, variable length", _attention({"scale": 0.5}, "attention_variable_length", length=None)),
     Architecture("sentiment_builder", "keras_attn.build_sentiment_model", sentiment_builder),
-    Architecture("string_lookup", "StringLookup", string_lookup, refused="StringLookup"),
-    Architecture("integer_lookup", "IntegerLookup", integer_lookup, refused="IntegerLookup"),
+    Architecture("string_lookup", "StringLookup", string_lookup),
+    Architecture("integer_lookup", "IntegerLookup", integer_lookup),
+    Architecture("hashed_oov_lookup", "StringLookup, 2 hashed OOV buckets", hashed_oov_lookup, refused="StringLookup"),
 ]

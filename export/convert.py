@@ -26,6 +26,7 @@ import importlib
 import logging
 import os
 import re
+import sys
 import time
 import warnings
 import zipfile
@@ -62,14 +63,12 @@ DEFAULT_TOLERANCE = DEFAULT_ATOL
 #: Rows of the int8 copy's timing batch.
 QUANTIZATION_ROWS = 256
 
-#: Layers tf2onnx cannot convert from a traced Keras 3 model: their tables
-#: are TensorFlow resources it cannot read (strings never reach onnxruntime's
-#: CPU kernels as well-typed tensors either).
-_UNSUPPORTED_LAYERS = {
-    "StringLookup": "map strings to ids before the model (export.text.TextEncoder does this for text)",
-    "IntegerLookup": "map keys to indices before the model (a numpy lookup or dict in your serving code)",
-    "TextVectorization": "tokenize before the model (export.text.TextEncoder embeds its vocabulary in the file)",
-}
+#: Lookup layers whose tables become onnx-ml ``LabelEncoder`` nodes (keys to
+#: ``int`` indices, one out-of-vocabulary index).
+_LOOKUP_LAYERS = ("StringLookup", "IntegerLookup")
+#: Layers refused up front, with what to do instead: tf2onnx cannot read
+#: their TensorFlow tables or hash their out-of-vocabulary keys.
+_TOKENIZE_FIRST = "tokenize before the model (export.text.TextEncoder embeds its vocabulary in the file)"
 
 
 @dataclass
@@ -196,7 +195,7 @@ def convert(
     keras = tensorflow_keras()
     if not isinstance(model, keras.Model):
         raise ExportError(f"expected a keras.Model or a .keras path, got {type(model).__name__}")
-    _check_layers(model, keras)
+    _check_layers(model)
     if signature is None:
         signature = ModelSignature.from_keras(model, encoder=encoder)
     encoder = signature.encoder
@@ -301,8 +300,6 @@ def import_modules(names) -> None:
     Raises:
         ExportError: a module cannot be imported.
     """
-    import sys
-
     if names and "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     tensorflow_keras()  # the module's Keras must be the TensorFlow one
@@ -353,13 +350,21 @@ def _load_reason(error: Exception) -> str:
     return f"{type(error).__name__}: {text}"
 
 
-def _check_layers(model, keras) -> None:
+def _check_layers(model) -> None:
     for layer in model._flatten_layers(include_self=False, recursive=True):
-        advice = _UNSUPPORTED_LAYERS.get(type(layer).__name__)
-        if advice is not None:
-            raise UnsupportedLayerError(
-                f"layer '{layer.name}' ({type(layer).__name__}) cannot be exported to ONNX: {advice}"
-            )
+        kind = type(layer).__name__
+        reason = None
+        if kind == "TextVectorization":
+            reason = _TOKENIZE_FIRST
+        elif kind in _LOOKUP_LAYERS:
+            if layer.output_mode != "int" or layer.invert or layer.num_oov_indices != 1:
+                reason = (
+                    "only output_mode='int', invert=False and num_oov_indices=1 convert "
+                    f"(this one has output_mode={layer.output_mode!r}, invert={layer.invert}, "
+                    f"num_oov_indices={layer.num_oov_indices}); map keys to indices before the model instead"
+                )
+        if reason is not None:
+            raise UnsupportedLayerError(f"layer '{layer.name}' ({kind}) cannot be exported to ONNX: {reason}")
 
 
 # -- conversion -------------------------------------------------------------
@@ -368,13 +373,15 @@ def _check_layers(model, keras) -> None:
 def _to_proto(model, signature: ModelSignature, opset: int):
     """tf2onnx's graph of ``model``, its inputs and outputs those of ``signature``.
 
-    Three gaps of tf2onnx 1.17 with Keras 3 are closed here:
+    Four gaps of tf2onnx 1.17 with Keras 3 are closed here:
     - TensorFlow's ``Erfc`` (exact gelu) has no handler: it becomes ``1 - Erf``;
     - tensors a traced layer captures (an adapted Normalization's mean and
       variance) become graph inputs: they are frozen into initializers;
     - TimeDistributed over a variable time axis traces to a vectorized map
       that becomes a failing ONNX Loop: it is traced as one call of its
-      layer on (batch x time) rows instead, as Keras 2 did.
+      layer on (batch x time) rows instead, as Keras 2 did;
+    - StringLookup / IntegerLookup tables are TensorFlow resources tf2onnx
+      cannot read from a traced function: they become onnx-ml LabelEncoders.
     """
     tensorflow_keras()
     import tensorflow as tf
@@ -391,8 +398,14 @@ def _to_proto(model, signature: ModelSignature, opset: int):
         with warnings.catch_warnings(), _time_distributed_as_reshape():
             warnings.simplefilter("ignore")
             concrete = serve.get_concrete_function(*specs)
+            tables = _lookup_tables(model, concrete)
+            handlers = {"Erfc": (_erfc_as_erf, [])}
+            extra = None
+            if tables:
+                handlers["LookupTableFindV2"] = (lambda ctx, node, name, args: _lookup_as_label_encoder(ctx, node, tables), [])
+                extra = [_onnx_ml_opset()]
             proto, _ = tf2onnx.convert.from_function(
-                serve, input_signature=specs, opset=opset, custom_op_handlers={"Erfc": (_erfc_as_erf, [])}
+                serve, input_signature=specs, opset=opset, custom_op_handlers=handlers, extra_opset=extra
             )
     except Exception as error:
         raise ExportError(f"tf2onnx cannot convert model '{model.name}': {one_line(error)}") from error
@@ -418,12 +431,18 @@ def _tf_shape(shape) -> list:
 
 
 def _name_axes(value, spec: TensorSpec) -> None:
-    dims = value.type.tensor_type.shape.dim
+    tensor_type = value.type.tensor_type
+    if not tensor_type.HasField("shape"):  # tf2onnx gives none after some custom handlers
+        for _ in spec.shape:
+            tensor_type.shape.dim.add()
+    dims = tensor_type.shape.dim
     if len(dims) != len(spec.shape):
         return
     for dim, want in zip(dims, spec.shape):
         if isinstance(want, str):
             dim.dim_param = want
+        elif not dim.HasField("dim_value"):
+            dim.dim_value = want
 
 
 def _erfc_as_erf(ctx, node, name, args):
@@ -433,7 +452,56 @@ def _erfc_as_erf(ctx, node, name, args):
     dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
     node.type = "Erf"
     one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
-    ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]], name=utils.make_name(f"{node.name}_erfc"))
+    ctx.insert_new_node_on_output(
+        "Sub", node.output[0], inputs=[one.output[0], node.output[0]], name=utils.make_name(f"{node.name}_erfc")
+    )
+
+
+def _onnx_ml_opset():
+    from onnx import helper
+
+    return helper.make_opsetid("ai.onnx.ml", 2)
+
+
+def _lookup_tables(model, concrete) -> dict:
+    """Captured table handle (graph tensor name) -> (keys, values) of the StringLookup / IntegerLookup
+    it belongs to, and captured constant -> its value; empty if the model has no lookup."""
+    import tensorflow as tf
+
+    tables = {}
+    handles = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        table = getattr(layer, "lookup_table", None)
+        if type(layer).__name__ in _LOOKUP_LAYERS and table is not None:
+            handles[id(table.resource_handle)] = table
+    for external, internal in concrete.graph.captures:
+        table = handles.get(id(external))
+        if table is not None:
+            keys, values = table.export()
+            tables[internal.name] = (keys.numpy(), values.numpy())
+        elif hasattr(external, "numpy") and external.dtype != tf.resource:
+            tables[internal.name] = external.numpy()  # the lookups' default values are captured too
+    return tables if any(isinstance(v, tuple) for v in tables.values()) else {}
+
+
+def _lookup_as_label_encoder(ctx, node, tables) -> None:
+    """tf2onnx handler for ``LookupTableFindV2`` on a Keras lookup layer's table: onnx-ml ``LabelEncoder``."""
+    from onnx import TensorProto
+
+    keys, values = tables[node.input[0]]
+    default = int(tables[node.input[2]])
+    source, outputs, name = node.input[1], list(node.output), node.name
+    shape = ctx.get_shape(source)
+    ctx.remove_node(node.name)
+    attr = {"values_int64s": [int(v) for v in values], "default_int64": default}
+    if keys.dtype.kind in "SOU":
+        attr["keys_strings"] = [k.decode("utf-8") if isinstance(k, bytes) else str(k) for k in keys]
+    else:
+        attr["keys_int64s"] = [int(k) for k in keys]
+    ctx.make_node(
+        "LabelEncoder", [source], outputs=outputs, name=name, domain="ai.onnx.ml", attr=attr,
+        shapes=[shape], dtypes=[TensorProto.INT64],
+    )
 
 
 def _freeze_captures(proto, concrete, signature: ModelSignature) -> None:
@@ -451,12 +519,16 @@ def _freeze_captures(proto, concrete, signature: ModelSignature) -> None:
     for external, internal in concrete.graph.captures:
         if internal.dtype != tf.resource and hasattr(external, "numpy"):
             captured[internal.name] = external.numpy()
+    used = {name for node in proto.graph.node for name in node.input}
     keep = []
     for value in proto.graph.input:
-        if value.name in signature.input_names or value.name not in captured:
+        if value.name in signature.input_names:
             keep.append(value)
-            continue
-        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(captured[value.name]), value.name))
+        elif value.name in captured:
+            proto.graph.initializer.append(numpy_helper.from_array(np.asarray(captured[value.name]), value.name))
+        elif value.name in used:
+            keep.append(value)
+        # else: a captured table handle the lookup's LabelEncoder replaced; nothing reads it
     if len(keep) != len(proto.graph.input):
         del proto.graph.input[:]
         proto.graph.input.extend(keep)

@@ -94,6 +94,9 @@ class ModelSignature:
         encoder: the `export.text.TextEncoder` embedded as metadata, or None.
         id_limits: input name -> ``input_dim`` of the smallest Embedding its
             ids reach (valid ids are below it).
+        keys: input name -> the vocabulary of the StringLookup or
+            IntegerLookup that reads it (validation mixes these with
+            unknown keys).
     """
 
     inputs: tuple
@@ -101,6 +104,7 @@ class ModelSignature:
     input_structure: object
     encoder: object = None
     id_limits: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:
@@ -137,10 +141,11 @@ class ModelSignature:
             encoder = getattr(model, "text_encoder", None)
         limits = _embedding_limits(model, keras)
         id_limits = {specs[i].name: limit for i, limit in limits.items()}
-        partial = cls(tuple(specs), (), structure, encoder, id_limits)
+        keys = _lookup_keys(model, specs)
+        partial = cls(tuple(specs), (), structure, encoder, id_limits, keys)
         if encoder is not None:
             partial.check_encoder(encoder)
-        return cls(tuple(specs), tuple(_output_specs(model, partial, keras)), structure, encoder, id_limits)
+        return cls(tuple(specs), tuple(_output_specs(model, partial, keras)), structure, encoder, id_limits, keys)
 
     def call(self, model, feeds: dict) -> dict:
         """Run ``model`` on ``feeds`` (input name -> array or tensor); outputs by name, in order."""
@@ -149,7 +154,7 @@ class ModelSignature:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = model(packed, training=False)
-        return _name_outputs(result, model, keras)
+        return _name_outputs(result, model, keras, self.input_names)
 
     def check_encoder(self, encoder) -> None:
         """Check that ``encoder``'s ids fit the model's one integer input.
@@ -285,11 +290,28 @@ def _embedding_limits(model, keras) -> dict[int, int]:
     return limits
 
 
+def _lookup_keys(model, specs) -> dict[str, tuple]:
+    """Input name -> vocabulary of the lookup layers that take its type (strings or integers)."""
+    keys: dict[str, tuple] = {}
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        kind = type(layer).__name__
+        if kind not in ("StringLookup", "IntegerLookup") or getattr(layer, "lookup_table", None) is None:
+            continue
+        vocabulary = tuple(v for v in layer.get_vocabulary() if v != layer.oov_token)
+        for spec in specs:
+            if (spec.dtype == "string") == (kind == "StringLookup") and spec.dtype != "bool":
+                keys[spec.name] = tuple(dict.fromkeys(keys.get(spec.name, ()) + vocabulary))
+    return keys
+
+
 # -- outputs ----------------------------------------------------------------
 
 
-def _name_outputs(result, model, keras) -> dict:
-    """The model's outputs by name, in the model's order: dict keys, else ``model.output_names``."""
+def _name_outputs(result, model, keras, inputs) -> dict:
+    """The model's outputs by name, in the model's order: dict keys, else ``model.output_names``.
+
+    A name an input already has gets ``_output`` appended (ONNX names are one namespace).
+    """
     model_names = list(getattr(model, "output_names", None) or [])
     if isinstance(result, dict):
         keys = list(result)
@@ -302,6 +324,7 @@ def _name_outputs(result, model, keras) -> dict:
         if len(model_names) != len(values):
             model_names = [f"output_{i}" for i in range(len(values))]
         names = _unique([clean_name(n) for n in model_names])
+    names = [f"{name}_output" if name in inputs else name for name in names]
     return dict(zip(names, values))
 
 
@@ -315,7 +338,7 @@ def _output_specs(model, signature: ModelSignature, keras) -> list[TensorSpec]:
         warnings.simplefilter("ignore")
         kwargs = {"training": False} if getattr(model, "_call_has_training_arg", True) else {}
         result = model.compute_output_spec(packed, **kwargs)
-    named = _name_outputs(result, model, keras)
+    named = _name_outputs(result, model, keras, signature.input_names)
     following = _sequence_axes(model, signature)
     specs = []
     for name, value in named.items():

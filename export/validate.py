@@ -95,11 +95,13 @@ def sample_inputs(signature: ModelSignature, *, rows: int = 16, length: int = 12
 
     The encoded `SAMPLE_TEXTS` (repeated to ``rows``) when the signature has
     a text encoder; else random inputs with every variable axis at
-    ``length``: ids inside the model's Embedding with padding at the end of
-    each row (one row all padding, one full), normal floats, random bools.
+    ``length``: keys of the model's StringLookup / IntegerLookup mixed with
+    as many unknown ones, ids inside the model's Embedding with padding at
+    the end of each row (one row all padding, one full), normal floats,
+    random bools.
 
     Raises:
-        ExportError: an input type that cannot be sampled (strings).
+        ExportError: an input type that cannot be sampled.
     """
     encoder = signature.encoder
     if encoder is not None:
@@ -111,7 +113,17 @@ def sample_inputs(signature: ModelSignature, *, rows: int = 16, length: int = 12
     feeds = {}
     for spec in signature.inputs:
         dims = [rows] + [length if isinstance(d, str) else d for d in spec.shape[1:]]
-        if spec.dtype.startswith(("int", "uint")):
+        known = signature.keys.get(spec.name)
+        if known or spec.dtype == "string":
+            # Keys of the model's lookup, and as many it has never seen.
+            known = list(known or [])
+            if spec.dtype == "string":
+                unknown = [f"unknown-{i}" for i in range(max(len(known), 3))]
+            else:
+                unknown = [int(max(known, default=0)) + 1 + i for i in range(max(len(known), 3))]
+            pool = np.array(known + unknown, dtype=object if spec.dtype == "string" else spec.dtype)
+            feeds[spec.name] = pool[rng.integers(0, len(pool), size=dims)]
+        elif spec.dtype.startswith(("int", "uint")):
             high = signature.id_limits.get(spec.name, 10)
             x = rng.integers(1 if high > 1 else 0, max(high, 1), size=dims)
             if len(dims) == 2:  # padded rows: all padding, full, random lengths

@@ -5,6 +5,8 @@ Each model is converted once (module-scoped cache); Hypothesis then compares
 onnxruntime with Keras on random padded token batches.
 """
 
+import logging
+import warnings
 
 import keras
 import numpy as np
@@ -384,15 +386,35 @@ def test_subclassed_model_converts_once_called(tmp_path):
     np.testing.assert_allclose(session.run(None, {"inputs": ids})[0], expected, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("layer", ["StringLookup", "IntegerLookup"])
-def test_lookup_layers_are_refused_naming_the_layer(tmp_path, layer):
-    if layer == "StringLookup":
-        words = keras.Input((2,), dtype="string", name="words")
-        ids = keras.layers.StringLookup(vocabulary=["good", "bad"], name="vocab")(words)
+def test_lookup_layers_become_label_encoders_with_parity_on_known_and_unknown_keys(tmp_path):
+    words = keras.Input((3,), dtype="string", name="words")
+    codes = keras.Input((2,), dtype="int64", name="codes")
+    word_ids = keras.layers.StringLookup(vocabulary=["good", "bad", "film"])(words)
+    code_ids = keras.layers.IntegerLookup(vocabulary=[7, 70, 700])(codes)
+    model = keras.Model([words, codes], {"words": word_ids, "codes": code_ids})
+    convert(model, tmp_path / "lookup.onnx")
+    assert {n.op_type for n in onnx.load(str(tmp_path / "lookup.onnx")).graph.node} == {"LabelEncoder"}
+    feeds = {
+        "words": np.array([["good", "film", "awful"], ["", "bad", "Good"]], dtype=object),
+        "codes": np.array([[7, 700], [8, -1]], dtype=np.int64),
+    }
+    session = ort.InferenceSession(str(tmp_path / "lookup.onnx"), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    assert sorted(got) == ["codes_output", "words_output"]  # ONNX has one namespace for inputs and outputs
+    got = {name.removesuffix("_output"): value for name, value in got.items()}
+    # Index 0 is the one out-of-vocabulary index; the vocabulary follows in order.
+    np.testing.assert_array_equal(got["words"], [[1, 3, 0], [0, 2, 0]])
+    np.testing.assert_array_equal(got["codes"], [[1, 3], [0, 0]])
+
+
+@pytest.mark.parametrize("layer", ["StringLookup", "TextVectorization"])
+def test_lookups_that_cannot_convert_are_refused_naming_the_layer(tmp_path, layer):
+    words = keras.Input((2,) if layer == "StringLookup" else (1,), dtype="string", name="words")
+    if layer == "StringLookup":  # hashed out-of-vocabulary buckets
+        ids = keras.layers.StringLookup(vocabulary=["good", "bad"], num_oov_indices=2, name="vocab")(words)
     else:
-        words = keras.Input((2,), dtype="int64", name="codes")
-        ids = keras.layers.IntegerLookup(vocabulary=[7, 9], name="vocab")(words)
-    model = keras.Model(words, keras.layers.Embedding(4, 2)(ids))
+        ids = keras.layers.TextVectorization(vocabulary=["good", "bad"], output_sequence_length=4, name="vocab")(words)
+    model = keras.Model(words, ids)
     with pytest.raises(UnsupportedLayerError, match=f"'vocab' \\({layer}\\)") as caught:
         convert(model, tmp_path / "m.onnx")
     assert "\n" not in str(caught.value)
@@ -422,7 +444,9 @@ def test_validate_command_prints_the_report(converted, tmp_path, capsys):
 
     conv = converted("sentiment")
     keras_path, _, _ = sentiment(tmp_path)
-    assert main([str(keras_path), str(conv.path), "--batch-sizes", "1,3"]) == 0
+    with warnings.catch_warnings():  # the command silences warnings and logs for its process
+        assert main([str(keras_path), str(conv.path), "--batch-sizes", "1,3"]) == 0
+    logging.disable(logging.NOTSET)
     out = capsys.readouterr().out
     assert "parity with Keras on encoded sample sentences" in out and "probability" in out
 
