@@ -108,10 +108,12 @@ class ModelSignature:
 
     @property
     def input_names(self) -> list[str]:
+        """The ONNX file's input names, in order."""
         return [t.name for t in self.inputs]
 
     @property
     def output_names(self) -> list[str]:
+        """The ONNX file's output names, in order."""
         return [t.name for t in self.outputs]
 
     @classmethod
@@ -299,7 +301,8 @@ def _lookup_keys(model, specs) -> dict[str, tuple]:
             continue
         vocabulary = tuple(v for v in layer.get_vocabulary() if v != layer.oov_token)
         for spec in specs:
-            if (spec.dtype == "string") == (kind == "StringLookup") and spec.dtype != "bool":
+            reads = spec.dtype == "string" if kind == "StringLookup" else spec.dtype.startswith(("int", "uint"))
+            if reads:
                 keys[spec.name] = tuple(dict.fromkeys(keys.get(spec.name, ()) + vocabulary))
     return keys
 
