@@ -175,6 +175,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help="only these architectures")
     parser.add_argument("--json", metavar="FILE", help="also write every number to FILE")
     args = parser.parse_args(argv)
+    from benchmarks.zoo import ARCHITECTURES
+
+    unknown = sorted(set(args.only or ()) - {a.name for a in ARCHITECTURES})
+    if unknown:
+        parser.error(f"no such architecture: {', '.join(unknown)} (known: {', '.join(a.name for a in ARCHITECTURES)})")
     from export.convert import quiet_libraries
 
     quiet_libraries()
