@@ -21,13 +21,19 @@ of 26 us for 1 row of 1 token, 458 us instead of 580 us for 64 rows of 12
 tokens. Turning the remaining selects into ``Where`` as well was faster on
 tiny inputs but slower on large ones (onnxruntime's broadcasting ``Where``),
 so they stay as tf2onnx wrote them.
+
+`stable_names` then orders and names the graph by its structure alone, so
+that one model converted twice gives the same bytes.
 """
 
 from __future__ import annotations
 
+import copy
+import re
+
 import numpy as np
 
-__all__ = ["simplify"]
+__all__ = ["simplify", "stable_names"]
 
 
 def simplify(proto) -> dict[str, int]:
@@ -245,3 +251,153 @@ def _drop_unused(graph) -> None:
     unused = [t for t in graph.initializer if t.name not in needed and t.name not in inputs]
     for tensor in unused:
         graph.initializer.remove(tensor)
+
+
+def stable_names(proto) -> None:
+    """Name nodes and inner tensors by the graph's structure, so one model always gives the same bytes.
+
+    tf2onnx numbers the names it makes (``Const__123``, ``while_cond_frozen_3303``)
+    with counters that run across conversions in a process, and orders
+    nodes and shared constants by them. Here nodes are put in the order a
+    depth-first walk from the outputs reaches them, then named
+    ``<Keras layer scope>/<op>_<position>``; a tensor is named after the
+    node that makes it (a constant after its first user). The graph's inputs
+    and outputs keep their names.
+    """
+    # tf2onnx names the graph after the traced function, numbered per process.
+    proto.graph.name = re.sub(r"_\d+$", "", proto.graph.name)
+    proto.graph.doc_string = ""
+    _drop_identities(proto.graph, keep=proto.graph.output)
+    _structural_order(proto.graph)
+    fixed = {v.name for v in proto.graph.input} | {v.name for v in proto.graph.output}
+    mapping = {name: name for name in fixed}
+    position = iter(range(1 << 62))
+    axes: dict[str, str] = {}
+
+    def name_axes(values) -> None:
+        for value in values:
+            for dim in value.type.tensor_type.shape.dim:
+                if re.fullmatch(r"unk__\d+", dim.dim_param):
+                    dim.dim_param = axes.setdefault(dim.dim_param, f"unk_{len(axes)}")
+
+    def visit(graph, prefix: str) -> None:
+        initializers = {t.name for t in graph.initializer}
+        for k, value in enumerate(graph.input):
+            if value.name not in fixed:
+                mapping[value.name] = f"{prefix}input_{k}"
+        for node in graph.node:
+            node.name = f"{node.op_type}_{next(position)}"
+            for k, name in enumerate(node.input):
+                if name and name not in mapping and name in initializers:
+                    mapping[name] = f"{node.name}/const_{k}"
+            node.input[:] = [mapping.get(name, name) for name in node.input]
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    sub.name = f"{node.name}_{attr.name}"
+                    visit(sub, f"{node.name}/{attr.name}_")
+            for k, name in enumerate(node.output):
+                if name and name not in fixed:
+                    mapping[name] = f"{node.name}:{k}"
+            node.output[:] = [mapping.get(name, name) for name in node.output]
+        used = [t for t in graph.initializer if t.name in mapping]
+        for tensor in used:
+            tensor.name = mapping[tensor.name]
+        used = sorted((copy.deepcopy(t) for t in used), key=lambda t: t.name)
+        del graph.initializer[:]
+        graph.initializer.extend(used)
+        for value in graph.input:
+            value.name = mapping.get(value.name, value.name)
+        for value in graph.output:
+            value.name = mapping.get(value.name, value.name)
+        known = sorted((copy.deepcopy(v) for v in graph.value_info if v.name in mapping), key=lambda v: mapping[v.name])
+        for value in known:
+            value.name = mapping[value.name]
+        del graph.value_info[:]
+        graph.value_info.extend(known)
+        name_axes(list(graph.input) + list(graph.output) + list(graph.value_info))
+
+    visit(proto.graph, "")
+
+
+def _graphs(graph):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _graphs(sub)
+
+
+def _drop_identities(graph, keep) -> None:
+    """Remove Identity nodes of values made in the same graph; tf2onnx keeps some, depending on its counters.
+
+    An Identity that gives one of ``keep``'s names (the model's outputs)
+    stays. A value that a loop body outputs twice gets one Identity, on its
+    later output.
+    """
+    from onnx import helper
+
+    kept = {v.name for v in keep}
+    made = {out for node in graph.node for out in node.output}
+    rename = {}
+    for node in list(graph.node):
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _drop_identities(sub, keep=())
+        if node.op_type == "Identity" and node.input[0] in made and node.output[0] not in kept:
+            rename[node.output[0]] = node.input[0]
+            graph.node.remove(node)
+    if not rename:
+        return
+
+    def resolve(name: str) -> str:
+        while name in rename:
+            name = rename[name]
+        return name
+
+    for g in _graphs(graph):
+        for node in g.node:
+            node.input[:] = [resolve(name) for name in node.input]
+    seen = set()
+    for k, value in enumerate(graph.output):
+        value.name = resolve(value.name)
+        if value.name in seen:
+            copy = f"{value.name}/output_{k}"
+            graph.node.append(helper.make_node("Identity", [value.name], [copy], name=copy))
+            value.name = copy
+        seen.add(value.name)
+
+
+def _structural_order(graph) -> None:
+    """Reorder ``graph.node`` (and its subgraphs') depth-first from the outputs, inputs before users.
+
+    Nodes no output depends on are dropped (tf2onnx leaves some in loop bodies).
+    """
+    producer = {out: node for node in graph.node for out in node.output if out}
+
+    def needs(node) -> list[str]:
+        names = list(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _structural_order(sub)
+                for inner in _graphs(sub):
+                    names += [name for n in inner.node for name in n.input]
+        return [name for name in names if name in producer]
+
+    order, done = [], set()
+    for root in [producer[o.name] for o in graph.output if o.name in producer]:  # dead nodes are dropped
+        stack = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if id(node) in done:
+                continue
+            if expanded:
+                done.add(id(node))
+                order.append(node)
+                continue
+            stack.append((node, True))
+            for name in reversed(needs(node)):
+                if id(producer[name]) not in done:
+                    stack.append((producer[name], False))
+    copies = [copy.deepcopy(node) for node in order]
+    del graph.node[:]
+    graph.node.extend(copies)

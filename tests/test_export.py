@@ -1,11 +1,14 @@
-"""export.to_onnx.convert: structure, metadata, Keras parity, atomic writes, int8 copy.
+"""export.convert.convert (re-exported by export.to_onnx): structure, metadata, Keras parity,
+atomic writes, int8 copy; export.validate.validate against a model that differs.
 
 Each model is converted once (module-scoped cache); Hypothesis then compares
 onnxruntime with Keras on random padded token batches.
 """
 
-import os
+import logging
+import warnings
 
+import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,10 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import export.to_onnx as to_onnx
+import export.convert
+from export.errors import ExportError, ExtraInputError, ParityError, UnbuiltModelError, UnsupportedLayerError
 from export.runtime import METADATA_ENCODER_KEY, SentimentPredictor
+from export.signature import ModelSignature
 from export.text import TextEncoder
-from export.to_onnx import ExportError, ExportReport, convert
+from export.to_onnx import ExportReport, convert, load_keras
+from export.validate import sample_inputs, validate
 from keras_attn.saving import read_encoder
 from test_export_support import (
     CONFIGS,
@@ -25,6 +31,8 @@ from test_export_support import (
     attention_model,
     keras_outputs,
     padded_ids,
+    run_module,
+    run_script,
     sentiment,
     two_input_model,
 )
@@ -54,7 +62,7 @@ def converted(tmp_path_factory):
             elif name in ("sentiment", "lstm"):
                 options = {"encoder": "lstm"} if name == "lstm" else {}
                 path, model, _ = sentiment(folder, name=f"{name}.keras", **options)
-                model = to_onnx.load_keras(path)
+                model = load_keras(path)
             else:
                 model = attention_model(name)
             path = folder / f"{name}.onnx"
@@ -109,8 +117,8 @@ def test_parity_lstm_sentiment_model(converted, n, seed):
 
 
 def test_random_verification_inputs_are_valid_and_padded():
-    signature = to_onnx._Signature(two_input_model())
-    feeds, kind = signature.sample(None, seed=0)
+    signature = ModelSignature.from_keras(two_input_model())
+    feeds, kind = sample_inputs(signature, seed=0)
     assert "random" in kind
     for name, length in (("queries", 5), ("values", 9)):
         ids = feeds[name]
@@ -167,7 +175,6 @@ def test_report_holds_parity_per_output(converted):
     assert report.verified and report.has_encoder
     assert set(report.parity) == {"attention", "probability"}
     assert all(0 <= diff <= 1e-4 for diff in report.parity.values())
-    assert report.size_bytes == os.path.getsize(conv.path)
     assert [t.name for t in report.outputs] == ["attention", "probability"]
     text = str(report)
     assert "probability" in text and "parity" in text and "opset 17" in text
@@ -212,43 +219,45 @@ def _listing(folder):
     return sorted(p.name for p in folder.iterdir())
 
 
+def _other_weights(model):
+    """The same architecture with every weight moved a little: a model the file does not come from."""
+    other = keras.models.clone_model(model)
+    other.set_weights([w + 0.05 for w in model.get_weights()])
+    return other
+
+
+def test_validate_catches_a_model_that_differs(converted):
+    conv = converted("scale_none")
+    report = validate(conv.model, conv.path)
+    assert set(report.parity) == {"attention", "probability"} and max(report.parity.values()) < 1e-5
+    with pytest.raises(ParityError, match="disagrees") as caught:
+        validate(_other_weights(conv.model), conv.path)
+    assert max(caught.value.parity.values()) > 1e-3
+
+
 def test_verification_failure_leaves_existing_file_byte_identical(tmp_path, monkeypatch):
     target = tmp_path / "model.onnx"
     target.write_bytes(b"previous export")
     before = _listing(tmp_path)
-    real = to_onnx._keras_outputs
-
-    def off_by_a_little(signature, feeds):
-        return {k: v + 1e-3 for k, v in real(signature, feeds).items()}
-
-    monkeypatch.setattr(to_onnx, "_keras_outputs", off_by_a_little)
-    with pytest.raises(ExportError, match="disagrees"):
-        convert(attention_model("scale_none"), target, quantize=True)
+    model = attention_model("scale_none")
+    other = _other_weights(model)
+    # The check compares the file with a model it does not come from.
+    monkeypatch.setattr(export.convert, "validate", lambda m, path, **kw: validate(other, path, **kw))
+    with pytest.raises(ParityError, match="nothing was written"):
+        convert(model, target, quantize=True)
     assert target.read_bytes() == b"previous export"
     assert _listing(tmp_path) == before  # no temp file, no int8 copy
 
 
-def test_zero_tolerance_failure_leaves_no_file(tmp_path, monkeypatch):
-    # Parity is ~1e-8, not exact: force a non-zero diff so the test does not
-    # depend on rounding luck, and check the real comparison rejects it.
-    real = to_onnx._keras_outputs
-    monkeypatch.setattr(
-        to_onnx, "_keras_outputs", lambda s, f: {k: v * (1 + 1e-6) + 1e-7 for k, v in real(s, f).items()}
-    )
-    with pytest.raises(ExportError):
-        convert(attention_model("scale_none"), tmp_path / "m.onnx", tolerance=0)
-    assert _listing(tmp_path) == []
-
-
-def test_conversion_failure_leaves_no_file(tmp_path, monkeypatch):
+def test_write_failure_is_an_export_error_and_leaves_no_file(tmp_path, monkeypatch):
     target = tmp_path / "model.onnx"
     target.write_bytes(b"old")
 
-    def broken(*args):
-        raise RuntimeError("disk full")
+    def disk_full(proto, path, *args, **kwargs):
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(to_onnx, "_save", broken)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(onnx, "save", disk_full)
+    with pytest.raises(ExportError, match="cannot write .*No space left"):
         convert(attention_model("scale_none"), target)
     assert target.read_bytes() == b"old"
     assert _listing(tmp_path) == ["model.onnx"]
@@ -276,7 +285,6 @@ def test_quantize_writes_int8_copy_beside(tmp_path):
     report = convert(path, tmp_path / "sentiment.onnx", quantize=True)
     q = report.quantization
     assert q.path == tmp_path / "sentiment.int8.onnx" and q.path.is_file()
-    assert q.size_bytes == os.path.getsize(q.path)
     assert q.compared_output == "probability"
     assert 0.0 <= q.label_agreement <= 1.0 and q.max_abs_diff < 0.1
     assert q.fp32_ms > 0 and q.int8_ms > 0
@@ -293,3 +301,244 @@ def test_vocabulary_larger_than_embedding_is_refused(tmp_path):
     with pytest.raises(ExportError, match="Embedding"):
         convert(model, tmp_path / "m.onnx", encoder=too_big)
     assert not (tmp_path / "m.onnx").exists()
+
+
+# -- the model kinds tf2onnx 1.17 gets wrong, and how each is handled ---------
+
+
+def _ops(path):
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_gelu_converts_through_erf(tmp_path):
+    x = keras.Input((6,), name="x")
+    h = keras.layers.Dense(8, activation="gelu")(x)  # exact gelu: TensorFlow's Erfc
+    model = keras.Model(x, keras.layers.Dense(2)(keras.ops.gelu(h)), name="gelu")
+    report = convert(model, tmp_path / "gelu.onnx")
+    assert "Erf" in _ops(tmp_path / "gelu.onnx") and "Erfc" not in _ops(tmp_path / "gelu.onnx")
+    assert max(report.parity.values()) < 1e-5
+    # Far in both tails too, where 1 - Erf could lose what Erfc keeps.
+    session = ort.InferenceSession(str(tmp_path / "gelu.onnx"), providers=["CPUExecutionProvider"])
+    wide = np.linspace(-12, 12, 6 * 40, dtype=np.float32).reshape(40, 6)
+    np.testing.assert_allclose(session.run(None, {"x": wide})[0], model(wide).numpy(), rtol=0, atol=1e-4)
+
+
+def test_adapted_normalization_is_frozen_so_the_inputs_are_the_models(tmp_path):
+    x = keras.Input((4,), name="features")
+    norm = keras.layers.Normalization()
+    norm.adapt(np.random.default_rng(0).normal(5.0, 3.0, (100, 4)).astype("float32"))
+    model = keras.Model(x, keras.layers.Dense(1)(norm(x)))
+    convert(model, tmp_path / "norm.onnx")
+    session = ort.InferenceSession(str(tmp_path / "norm.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["features"]
+    rows = np.random.default_rng(1).normal(5.0, 3.0, (9, 4)).astype("float32")
+    np.testing.assert_allclose(session.run(None, {"features": rows})[0], model(rows).numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_graph_input_the_model_lacks_is_an_extra_input_error(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = keras.Input((3,), name="x")
+    model = keras.Model(x, x - 1.0)
+    graph = helper.make_graph(
+        [helper.make_node("Sub", ["x", "mean"], ["y"])],
+        "leaky",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 3]) for n in ("x", "mean")],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "leaky.onnx")
+    with pytest.raises(ExtraInputError, match="mean"):
+        validate(model, tmp_path / "leaky.onnx")
+
+
+def test_time_distributed_over_a_variable_axis_needs_no_loop(tmp_path):
+    frames = keras.Input((None, 5), name="frames")
+    model = keras.Model(frames, keras.layers.TimeDistributed(keras.layers.Dense(3, activation="tanh"))(frames))
+    convert(model, tmp_path / "td.onnx")
+    assert "Loop" not in _ops(tmp_path / "td.onnx")
+    report = validate(model, tmp_path / "td.onnx", batch_sizes=(1, 4), lengths=(1, 33))
+    assert report.runs == [(1, 1), (4, 1), (1, 33), (4, 33)] and max(report.parity.values()) < 1e-5
+
+
+@keras.saving.register_keras_serializable(package="keras_attn_export_tests")
+class MeanClassifier(keras.Model):
+    """A subclassed model: its own call(), no functional graph."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = keras.layers.Embedding(VOCAB, 8)
+        self.score = keras.layers.Dense(2, activation="softmax")
+
+    def call(self, tokens):
+        return self.score(keras.ops.mean(self.embedding(tokens), axis=1))
+
+
+def test_subclassed_model_converts_once_called(tmp_path):
+    model = MeanClassifier()
+    with pytest.raises(UnbuiltModelError, match="call it once"):
+        convert(model, tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+    ids = padded_ids(np.random.default_rng(0), 5, SEQ_LEN)
+    expected = model(ids).numpy()
+    report = convert(model, tmp_path / "m.onnx")
+    assert [str(t) for t in report.inputs] == [f"inputs int32 (batch, {SEQ_LEN})"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"inputs": ids})[0], expected, rtol=0, atol=1e-6)
+
+
+def test_lookup_layers_become_label_encoders_with_parity_on_known_and_unknown_keys(tmp_path):
+    words = keras.Input((3,), dtype="string", name="words")
+    codes = keras.Input((2,), dtype="int64", name="codes")
+    word_ids = keras.layers.StringLookup(vocabulary=["good", "bad", "film"])(words)
+    code_ids = keras.layers.IntegerLookup(vocabulary=[7, 70, 700])(codes)
+    model = keras.Model([words, codes], {"words": word_ids, "codes": code_ids})
+    convert(model, tmp_path / "lookup.onnx")
+    assert {n.op_type for n in onnx.load(str(tmp_path / "lookup.onnx")).graph.node} == {"LabelEncoder"}
+    feeds = {
+        "words": np.array([["good", "film", "awful"], ["", "bad", "Good"]], dtype=object),
+        "codes": np.array([[7, 700], [8, -1]], dtype=np.int64),
+    }
+    session = ort.InferenceSession(str(tmp_path / "lookup.onnx"), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    assert sorted(got) == ["codes_output", "words_output"]  # ONNX has one namespace for inputs and outputs
+    got = {name.removesuffix("_output"): value for name, value in got.items()}
+    # Index 0 is the one out-of-vocabulary index; the vocabulary follows in order.
+    np.testing.assert_array_equal(got["words"], [[1, 3, 0], [0, 2, 0]])
+    np.testing.assert_array_equal(got["codes"], [[1, 3], [0, 0]])
+
+
+@pytest.mark.parametrize("layer", ["StringLookup", "TextVectorization"])
+def test_lookups_that_cannot_convert_are_refused_naming_the_layer(tmp_path, layer):
+    words = keras.Input((2,) if layer == "StringLookup" else (1,), dtype="string", name="words")
+    if layer == "StringLookup":  # hashed out-of-vocabulary buckets
+        ids = keras.layers.StringLookup(vocabulary=["good", "bad"], num_oov_indices=2, name="vocab")(words)
+    else:
+        ids = keras.layers.TextVectorization(vocabulary=["good", "bad"], output_sequence_length=4, name="vocab")(words)
+    model = keras.Model(words, ids)
+    with pytest.raises(UnsupportedLayerError, match=f"'vocab' \\({layer}\\)") as caught:
+        convert(model, tmp_path / "m.onnx")
+    assert "\n" not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_same_model_exported_twice_gives_the_same_bytes(tmp_path):
+    model = attention_model("causal")
+    convert(model, tmp_path / "a.onnx")
+    convert(model, tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+
+
+def test_signature_is_known_before_conversion():
+    signature = ModelSignature.from_keras(two_input_model())
+    assert [str(t) for t in signature.inputs] == ["queries int32 (batch, 5)", "values int32 (batch, 9)"]
+    assert [str(t) for t in signature.outputs] == ["classes float32 (batch, 3)", "cross float32 (batch, 5, 9)"]
+    variable = ModelSignature.from_keras(attention_model("variable_length"))
+    assert [str(t) for t in variable.outputs] == [
+        "attention float32 (batch, sequence, sequence)",
+        "probability float32 (batch, 1)",
+    ]
+
+
+def test_validate_command_prints_the_report(converted, tmp_path, capsys):
+    from export.validate import main
+
+    conv = converted("sentiment")
+    keras_path, _, _ = sentiment(tmp_path)
+    with warnings.catch_warnings():  # the command silences warnings and logs for its process
+        assert main([str(keras_path), str(conv.path), "--batch-sizes", "1,3"]) == 0
+    logging.disable(logging.NOTSET)
+    out = capsys.readouterr().out
+    assert "parity with Keras on encoded sample sentences" in out and "probability" in out
+
+
+# -- command lines in other processes ---------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_exports_whatever_keras_backend_the_user_has(tmp_path):
+    path, _, _ = sentiment(tmp_path, name="dev.keras")
+    for backend in ("jax", "torch"):
+        # Neither needs to be installed: the exporter loads the file with TensorFlow.
+        proc = run_module("export.to_onnx", path, "-o", f"{backend}.onnx", cwd=tmp_path, env={"KERAS_BACKEND": backend})
+        assert proc.returncode == 0, proc.stderr
+        assert "max |diff|" in proc.stdout and proc.stderr == ""
+
+
+JAX_MODEL = """
+import numpy as np, keras
+assert keras.backend.backend() == "jax"
+keras.utils.set_random_seed(0)
+tokens = keras.Input((None,), dtype="int32", name="tokens")
+x = keras.layers.Embedding(30, 16, mask_zero=True)(tokens)
+a = keras.layers.MultiHeadAttention(num_heads=2, key_dim=8)(x, x)
+x = keras.layers.LayerNormalization()(x + a)
+x = keras.layers.Dense(16, activation="gelu")(x)
+x = keras.layers.GlobalAveragePooling1D()(x)
+model = keras.Model(tokens, keras.layers.Dense(3, activation="softmax", name="classes")(x))
+model.save("jax.keras")
+ids = np.random.default_rng(0).integers(1, 30, (6, 11)).astype("int32")
+ids[0, 4:] = 0
+np.savez("jax_outputs.npz", ids=ids, classes=np.asarray(model.predict(ids, verbose=0)))
+"""
+
+
+@pytest.mark.slow
+def test_a_model_saved_under_jax_exports_and_matches_jax(tmp_path):
+    pytest.importorskip("jax")
+    (tmp_path / "make.py").write_text(JAX_MODEL)
+    proc = run_script(tmp_path / "make.py", cwd=tmp_path, env={"KERAS_BACKEND": "jax"})
+    assert proc.returncode == 0, proc.stderr
+    convert(tmp_path / "jax.keras", tmp_path / "jax.onnx")
+    saved = np.load(tmp_path / "jax_outputs.npz")
+    session = ort.InferenceSession(str(tmp_path / "jax.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"tokens": saved["ids"]})[0], saved["classes"], rtol=0, atol=1e-5)
+
+
+SUBCLASSED_MODULE = """
+import keras
+
+@keras.saving.register_keras_serializable(package="user_code")
+class Averager(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding = keras.layers.Embedding(20, 4)
+        self.out = keras.layers.Dense(1, activation="sigmoid")
+
+    def call(self, tokens):
+        return self.out(keras.ops.mean(self.embedding(tokens), axis=1))
+"""
+
+
+@pytest.mark.slow
+def test_cli_converts_a_subclassed_model_with_import(tmp_path):
+    (tmp_path / "user_layers.py").write_text(SUBCLASSED_MODULE)
+    (tmp_path / "make.py").write_text(
+        "import numpy as np, user_layers\nm = user_layers.Averager()\nm(np.ones((2, 6), 'int32'))\nm.save('sub.keras')\n"
+    )
+    assert run_script(tmp_path / "make.py", cwd=tmp_path).returncode == 0
+    proc = run_module("export.to_onnx", "sub.keras", cwd=tmp_path)
+    assert proc.returncode != 0 and proc.stderr.count("\n") == 1
+    assert "Averager" in proc.stderr and "--import" in proc.stderr
+    proc = run_module("export.to_onnx", "sub.keras", "--import", "user_layers", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "input   inputs int32 (batch, 6)" in proc.stdout and "max |diff|" in proc.stdout
+
+
+@pytest.mark.slow
+def test_onnxruntime_logs_nothing_before_our_error_line(tmp_path):
+    from onnx import TensorProto, helper
+
+    x = keras.Input((3,), name="x")
+    keras.Model(x, x * 2.0).save(tmp_path / "m.keras")
+    # Valid for onnx.checker, fails at run time: 3 values cannot be 2 x something.
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["y"])],
+        "bad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [2, -1])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "bad.onnx")
+    proc = run_module("export.validate", "m.keras", "bad.onnx", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: onnxruntime cannot run") and proc.stderr.count("\n") == 1, proc.stderr

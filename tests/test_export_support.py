@@ -129,14 +129,26 @@ def padded_ids(rng, n, length, vocab=VOCAB):
     return ids.astype(np.int32)
 
 
-def run_module(module, *args, cwd, stdin=None, timeout=300):
-    """``python -m module args`` with the repository importable; returns CompletedProcess."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+def run_module(module, *args, cwd, stdin=None, timeout=300, env=None):
+    """``python -m module args`` with the repository importable; returns CompletedProcess.
+
+    ``env`` adds to (or overrides) this process's environment.
+    """
+    return _run_python(["-m", module, *map(str, args)], cwd=cwd, stdin=stdin, timeout=timeout, env=env)
+
+
+def run_script(path, *args, cwd, timeout=300, env=None):
+    """``python path args`` with the repository importable; returns CompletedProcess."""
+    return _run_python([str(path), *map(str, args)], cwd=cwd, stdin=None, timeout=timeout, env=env)
+
+
+def _run_python(argv, *, cwd, stdin, timeout, env):
+    environment = {**os.environ, **(env or {})}
+    environment["PYTHONPATH"] = os.pathsep.join([str(ROOT), environment.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
+        [sys.executable, *argv],
         cwd=cwd,
-        env=env,
+        env=environment,
         input=stdin,
         capture_output=True,
         text=True,
