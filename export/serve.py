@@ -282,15 +282,23 @@ class ServedModel:
         outputs[LABEL_OUTPUT] = self._labels(outputs[_PROBABILITY])
         return _split(outputs, [len(part) for part in batch])
 
+    # The two helpers below follow `TextClassifier.predict`, which keeps them
+    # private: one sigmoid unit p is [1 - p, p] and picks the second label
+    # from p >= 0.5; k softmax units pick their argmax.
     def _scores(self, probability: np.ndarray) -> np.ndarray:
-        """``(n, k)`` label probabilities: one sigmoid unit p is ``[1 - p, p]`` (as `TextClassifier`)."""
+        """``(n, k)`` label probabilities."""
         if probability.shape[1] == 1:
             return np.concatenate([1 - probability, probability], axis=1)
         return probability
 
     def _labels(self, probability: np.ndarray) -> np.ndarray:
+        """The predicted label per row, as a BYTES (object) array."""
+        if probability.shape[1] == 1:
+            best = (probability[:, 0] >= 0.5).astype(np.int64)
+        else:
+            best = probability.argmax(axis=1)
         labels = np.empty(len(probability), dtype=object)
-        labels[:] = [self.classifier.labels[i] for i in self._scores(probability).argmax(axis=1)]
+        labels[:] = [self.classifier.labels[i] for i in best]
         return labels
 
     async def predict_v1(self, instances: list) -> list:
@@ -314,11 +322,11 @@ class ServedModel:
             labels = list(self.classifier.labels)
             return [
                 {
-                    LABEL_OUTPUT: outputs[LABEL_OUTPUT][i],
-                    "probability": float(scores[i].max()),
-                    "scores": dict(zip(labels, scores[i].tolist())),
+                    LABEL_OUTPUT: label,
+                    "probability": float(row[labels.index(label)]),
+                    "scores": dict(zip(labels, row.tolist())),
                 }
-                for i in range(len(ids))
+                for label, row in zip(outputs[LABEL_OUTPUT], scores)
             ]
         feeds = self._v1_feeds(instances)
         try:

@@ -6,7 +6,11 @@ test files that import these functions share one conversion per session.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +63,25 @@ def pair_feeds(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
         "a": rng.normal(size=(rows, 3)).astype(np.float32),
         "b": rng.normal(size=(rows, 2)).astype(np.float32),
     }
+
+
+@contextlib.contextmanager
+def running_server(app):
+    """An ASGI app (`export.serve.create_app`) on uvicorn in a thread, on a free loopback port; yields "127.0.0.1:PORT"."""
+    import uvicorn
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield "127.0.0.1:%d" % sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
