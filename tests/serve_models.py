@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -70,7 +69,9 @@ def running_server(app):
     """An ASGI app (`export.serve.create_app`) on uvicorn in a thread, on a free loopback port; yields "127.0.0.1:PORT"."""
     import uvicorn
 
-    sock = socket.create_server(("127.0.0.1", 0))
+    from export.serve import listen
+
+    sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
