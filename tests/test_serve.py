@@ -26,7 +26,7 @@ httpx = pytest.importorskip("httpx")
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from export.serve import Settings, create_app, main, parse_size  # noqa: E402
+from export.serve import Settings, create_app  # noqa: E402
 from export.text import TextEncoder  # noqa: E402
 
 TEXTS = ["What a great film, I loved it", "dull and boring", "not bad at all", "", "zyxxq unknownword"]
@@ -413,33 +413,6 @@ def test_two_workers_serve_and_stop(pair):
     finally:
         process.kill()
         process.wait()
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["missing.onnx"], "no such ONNX file"),
-        (["PAIR", "PAIR"], "two models are named 'pair'"),
-        (["PAIR", "--max-body", "lots"], "--max-body: not a size"),
-        (["PAIR", "--max-batch", "0"], "--max-batch must be >= 1"),
-    ],
-)
-def test_cli_errors_are_one_line(pair, capsys, args, message):
-    from export.cli import run
-
-    assert run(main, [str(pair) if a == "PAIR" else a for a in args]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
-
-
-def test_parse_size():
-    assert parse_size("8MiB") == 8 * 1024 * 1024
-    assert parse_size("512k") == 512_000
-    assert parse_size("1.5MB") == 1_500_000
-    assert parse_size("1000") == 1000
-    for bad in ("", "lots", "0", "-1"):
-        with pytest.raises(ValueError):
-            parse_size(bad)
 
 
 def test_unexpected_errors_are_500_one_line_logged_with_traceback(pair, caplog):
