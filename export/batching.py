@@ -9,6 +9,12 @@ event loop, and hands each job its own slice of the result. While a call
 runs, new jobs queue up and go together into the next one, so a busy model
 batches even with ``max_delay=0``.
 
+Given ``arriving`` (how many requests for this model the server has
+received but not yet submitted: bodies being read, JSON being parsed), the
+wait ends as soon as none is on its way: a lone request runs at once
+instead of waiting ``max_delay`` for requests that nobody sent, and
+concurrent ones still gather.
+
 Only asyncio here: nothing knows about HTTP or onnxruntime.
 """
 
@@ -47,6 +53,8 @@ class MicroBatcher:
         max_delay: seconds the oldest waiting job may wait for others.
         executor: where the blocking ``run`` functions are called.
         on_batch: called with the rows of each call (for metrics).
+        arriving: the number of jobs on their way; None waits the whole
+            ``max_delay`` (or until ``max_rows``) every time.
     """
 
     def __init__(
@@ -56,6 +64,7 @@ class MicroBatcher:
         max_delay: float,
         executor: Executor,
         on_batch: Callable[[int], None] | None = None,
+        arriving: Callable[[], int] | None = None,
     ) -> None:
         if max_rows < 1 or max_delay < 0:
             raise ValueError(f"max_rows must be >= 1 and max_delay >= 0, got {max_rows} and {max_delay}")
@@ -63,6 +72,7 @@ class MicroBatcher:
         self.max_delay = max_delay
         self._executor = executor
         self._on_batch = on_batch
+        self._arriving = arriving
         self._queue: deque[_Job] = deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
@@ -71,6 +81,10 @@ class MicroBatcher:
     def queued_rows(self) -> int:
         """Rows waiting for a call (not those running)."""
         return sum(job.rows for job in self._queue)
+
+    def notify(self) -> None:
+        """Wake the waiting worker: the ``arriving`` count went down without a submit."""
+        self._arrived.set()
 
     async def submit(self, key: Hashable, payload: Any, rows: int, run: BatchFunction) -> Any:
         """Queue ``payload`` and return its result once its batch has run.
@@ -120,6 +134,8 @@ class MicroBatcher:
                     continue
                 deadline = first.arrival + self.max_delay
                 while self._ready_rows(first.key) < self.max_rows:
+                    if self._arriving is not None and self._arriving() <= 0:
+                        break  # nobody else is coming
                     timeout = deadline - time.monotonic()
                     if timeout <= 0:
                         break

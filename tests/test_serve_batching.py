@@ -136,3 +136,45 @@ def test_a_cancelled_job_is_skipped(executor):
 def test_invalid_settings():
     with pytest.raises(ValueError):
         MicroBatcher(max_rows=0, max_delay=0, executor=None)
+
+
+def test_with_nobody_arriving_a_lone_job_does_not_wait(executor):
+    record = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(max_rows=10, max_delay=30, executor=executor, arriving=lambda: 0)
+        return await asyncio.wait_for(batcher.submit("k", [1], 1, record), 10)  # not 30 s
+
+    assert run(main()) == [2]
+
+
+def test_the_wait_lasts_while_jobs_are_arriving(executor):
+    record = Recorder()
+    arriving = [1]
+
+    async def main():
+        batcher = MicroBatcher(max_rows=10, max_delay=30, executor=executor, arriving=lambda: arriving[0])
+        first = asyncio.ensure_future(batcher.submit("k", [1], 1, record))
+        await asyncio.sleep(0.2)
+        assert not first.done()  # waiting for the one on its way
+        arriving[0] = 0
+        second = asyncio.ensure_future(batcher.submit("k", [2], 1, record))
+        return await asyncio.wait_for(asyncio.gather(first, second), 10)
+
+    assert run(main()) == [[2], [4]]
+    assert record.calls == [[[1], [2]]]
+
+
+def test_notify_ends_the_wait_when_an_arrival_fails(executor):
+    record = Recorder()
+    arriving = [1]
+
+    async def main():
+        batcher = MicroBatcher(max_rows=10, max_delay=30, executor=executor, arriving=lambda: arriving[0])
+        first = asyncio.ensure_future(batcher.submit("k", [1], 1, record))
+        await asyncio.sleep(0.1)
+        arriving[0] = 0  # that request was refused before it reached the batcher
+        batcher.notify()
+        return await asyncio.wait_for(first, 10)
+
+    assert run(main()) == [2]
