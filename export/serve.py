@@ -775,7 +775,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
     host, port = sock.getsockname()[:2]
-    common = dict(log_level="warning", access_log=args.access_log, lifespan="on", timeout_graceful_shutdown=None)
+    # proxy_headers off: nothing here reads the client's address, and the
+    # middleware costs every request.
+    common = dict(
+        log_level="warning", access_log=args.access_log, lifespan="on", timeout_graceful_shutdown=None, proxy_headers=False
+    )
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully; these
     # handlers take it then, so the process ends with status 0.
     stopped = {}
