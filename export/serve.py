@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import contextvars
+import copy
 import importlib.metadata
 import json
 import logging
@@ -687,6 +688,15 @@ def parse_size(text: str) -> int:
     return size
 
 
+def _uvicorn_logging() -> dict:
+    """uvicorn's logging, less its start-up lines (we log our own); access lines, when on, to stderr."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["loggers"]["uvicorn.error"]["level"] = "WARNING"
+    config["loggers"]["uvicorn.access"]["level"] = "INFO"
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    return config
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.serve",
@@ -778,7 +788,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # proxy_headers off: nothing here reads the client's address, and the
     # middleware costs every request.
     common = dict(
-        log_level="warning", access_log=args.access_log, lifespan="on", timeout_graceful_shutdown=None, proxy_headers=False
+        log_config=_uvicorn_logging(), log_level=None, access_log=args.access_log,
+        lifespan="on", timeout_graceful_shutdown=None, proxy_headers=False,
     )
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully; these
     # handlers take it then, so the process ends with status 0.

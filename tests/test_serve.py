@@ -417,6 +417,20 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(pair):
         process.wait()
 
 
+def test_access_log_on_request(pair):
+    process, address = _start([str(pair), "--port", "0", "--access-log"])
+    try:
+        assert httpx.get(f"http://{address}/v2/health/live", timeout=30).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        err = process.stderr.read()
+        assert '"GET /v2/health/live HTTP/1.1" 200' in err and err.rstrip().endswith(" s"), err
+        assert err.count("\n") == 2  # the access line and the stop line
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_two_workers_serve_and_stop(pair):
     process, address = _start([str(pair), "--port", "0", "--workers", "2"])
     try:
@@ -431,6 +445,7 @@ def test_two_workers_serve_and_stop(pair):
             time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         assert process.wait(60) == 0
+        assert process.stderr.read().startswith("stopped serving pair")  # nothing from the workers
     finally:
         process.kill()
         process.wait()
