@@ -75,6 +75,11 @@ PARALLEL_WORK = 1024
 #: the attention alone is 6.4 KiB a row at 40 tokens).
 MAX_CALL_WORK = 4096
 
+#: A single row of up to this many ids is checked with Python's min/max on a
+#: list: 1.9 us against 1.4 us for the numpy reduction alone at 40 ids, but
+#: 3.2 us at 80 and 23 us at 640.
+_ROW_IDS = 64
+
 _PROBABILITY = "probability"
 _ATTENTION = "attention"
 
@@ -459,6 +464,7 @@ class TextClassifier:
             found = ", ".join(map(str, inputs))
             raise ValueError(f"{self.path}: expected one integer input of shape (batch, seq_len), found {found}")
         self._input = inputs[0]
+        self._input_dtype = np.dtype(inputs[0].dtype)
         length = inputs[0].shape[1]
         if length is not None and length != self.encoder.seq_len:
             raise ValueError(
@@ -520,13 +526,29 @@ class TextClassifier:
         Raises:
             ValueError: wrong dtype, shape, or an id outside the vocabulary.
         """
+        if (
+            type(ids) is np.ndarray
+            and ids.dtype == self._input_dtype
+            and ids.shape[0] == 1
+            and ids.ndim == 2
+            and 0 < ids.shape[1] <= _ROW_IDS
+            and (not self._fixed_length or ids.shape[1] == self.seq_len)
+            and ids.flags.c_contiguous
+        ):
+            # One encoded sentence: Python's min/max on its list is cheaper
+            # than numpy's reductions at this size.
+            row = ids[0].tolist()
+            if min(row) >= 0 and max(row) < self.vocab_size:
+                return self._run_ids(ids)
         return self._run_ids(self._check_ids(ids))
 
     def _run_ids(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         n, width = ids.shape
         if n == 0:
             return self._empty(width)
-        if self._trims:
+        if self._trims and n == 1:
+            chunks = [(slice(None), _row_length(ids[0].tolist()))]
+        elif self._trims:
             chunks = plan_chunks(sequence_lengths(ids))
             if len(chunks) == 1:  # one call on every row, in order
                 chunks = [(slice(None), chunks[0][1])]
@@ -623,7 +645,7 @@ class TextClassifier:
             low, high = int(ids.min()), int(ids.max())
             bad = low if low < 0 else high
             raise ValueError(f"id {bad} is outside the vocabulary: ids must be in [0, {self.vocab_size})")
-        want = np.dtype(self._input.dtype)
+        want = self._input_dtype
         if ids.dtype != want or not ids.flags.c_contiguous:
             ids = np.ascontiguousarray(ids, dtype=want)
         return ids
@@ -640,6 +662,14 @@ class TextClassifier:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, {self.encoder!r})"
+
+
+def _row_length(row: list[int]) -> int:
+    """One past the last nonzero id of ``row``; at least 1 (a call needs a column)."""
+    length = len(row)
+    while length > 1 and row[length - 1] == 0:
+        length -= 1
+    return length
 
 
 class SentimentPredictor(TextClassifier):
