@@ -158,7 +158,10 @@ def _line(prediction, top_k: int, as_json: bool, label_width: int) -> str:
 
 
 class _Progress:
-    """``12,288 lines  40,960/s`` on stderr, redrawn in place; only on a terminal."""
+    """``12,288 lines  40,960/s`` on stderr, redrawn in place; only on a terminal, and only past a short run."""
+
+    #: Seconds between redraws; runs shorter than this show nothing.
+    interval = 0.2
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -168,7 +171,7 @@ class _Progress:
     def add(self, lines: int) -> None:
         self.lines += lines
         now = time.perf_counter()
-        if self.enabled and now - self.shown >= 0.2:
+        if self.enabled and now - self.shown >= self.interval:
             self.shown = now
             rate = self.lines / max(now - self.started, 1e-9)
             sys.stderr.write(f"\r{self.lines:,} lines  {rate:,.0f}/s ")
