@@ -230,6 +230,10 @@ def run(options: argparse.Namespace) -> dict:
             None, None, budget_s=mode["budget_s"], rounds=mode["rounds"], min_calls=mode["min_calls"],
         )
         results["runtime_batch_sweep"] = {b: timing.summarize(rounds, int(b)) for b, rounds in sweep.items()}
+        # Throughput of each batch size over the next smaller one, paired within rounds.
+        steps = [str(b) for b in sweep_batches if b in (64, 256, 1024)]
+        results["runtime_batch_growth"] = {f"{a}->{b}": int(b) / int(a) * timing.paired_speedup(sweep[a], sweep[b])
+                                           for a, b in zip(steps, steps[1:])}
         baseline = per_path[paths_mod.BASELINE]
         rate = results["matmul"]["flops_per_s"]
         for name, by_batch in per_path.items():

@@ -245,14 +245,14 @@ class OnnxModel:
             checked[spec.name] = _check_feed(spec, feeds[spec.name])
         return checked
 
-    def _run_many(self, function, items: Sequence) -> None:
-        """Call ``function(item)`` for each item, side by side on up to `threads` threads.
+    def _run_many(self, function, items: Sequence, *, parallel: bool = True) -> None:
+        """Call ``function(item)`` for each item; with ``parallel``, side by side on up to `threads` threads.
 
         For independent calls of `_run_checked` (each on one thread): the
         cores stay busy without onnxruntime's per-op synchronisation. Returns
         when all are done; the first exception raised is raised here.
         """
-        if self.threads == 1 or len(items) < 2:
+        if not parallel or self.threads == 1 or len(items) < 2:
             for item in items:
                 function(item)
             return
@@ -447,7 +447,7 @@ class Prediction:
     text: str
     label: str
     probability: float
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict, hash=False)
     attention: tuple[tuple[str, float], ...] = ()
     truncated: bool = False
 
@@ -593,20 +593,20 @@ class TextClassifier:
             # than numpy's reductions at this size.
             row = ids[0].tolist()
             if min(row) >= 0 and max(row) < self.vocab_size:
-                return self._run_ids(ids)
+                return self._run_row(ids, row)
         return self._run_ids(self._check_ids(ids))
 
     def _run_ids(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         n, width = ids.shape
         if n == 0:
             return self._empty(width)
+        if n == 1:
+            return self._run_row(ids, ids[0].tolist())
         threads = self.model.threads
-        if self._trims and n == 1:
-            chunks = [(slice(None), _row_length(ids[0].tolist()))]
-        elif self._trims:
+        if self._trims:
             lengths = sequence_lengths(ids)
-            work = int(lengths.sum()) + n
-            # Enough calls for every thread once the work is worth sharing.
+            work = int(lengths.sum()) + n  # rows cut after their last word: about the work left
+            # Once the work is worth sharing, at least a call for every thread.
             max_work = MAX_CALL_WORK if work < PARALLEL_WORK else min(MAX_CALL_WORK, -(-work // threads))
             chunks = plan_chunks(lengths, max_work=max_work, min_work=min(PARALLEL_WORK, max_work))
             if len(chunks) == 1:  # one call on every row, in order
@@ -633,7 +633,20 @@ class TextClassifier:
             if attention is not None:
                 attention[rows, :length, :length] = out[1]
 
-        self.model._run_many(run, chunks)
+        self.model._run_many(run, chunks, parallel=work >= PARALLEL_WORK)
+        return results
+
+    def _run_row(self, ids: np.ndarray, row: list[int]) -> dict[str, np.ndarray]:
+        """One checked row: the per-call overhead is what batch 1 measures, so no planning."""
+        width = len(row)
+        length = _row_length(row) if self._trims else width
+        if length == width:
+            return dict(zip(self._outputs, self.model._run_checked(self._outputs, {self._input.name: ids})))
+        out = self.model._run_checked(self._outputs, {self._input.name: ids[:, :length]})
+        results = {_PROBABILITY: out[0]}
+        if self._has_attention:
+            results[_ATTENTION] = attention = np.zeros((1, width, width), np.float32)
+            attention[:, :length, :length] = out[1]
         return results
 
     def _empty(self, width: int, n: int = 0) -> dict[str, np.ndarray]:
