@@ -549,3 +549,17 @@ def test_fixed_length_model_runs_whole_rows(tmp_path):
     for width in (7, 9):
         with pytest.raises(ValueError, match="shape"):
             classifier.run_ids(np.zeros((2, width), np.int32))
+
+
+def test_a_probability_that_does_not_match_the_labels_is_refused(tmp_path):
+    encoder = TextEncoder.fit(SENTENCES, num_words=30, seq_len=8)  # 2 labels, but 3 softmax units
+    convert(three_class_model(encoder.vocab_size), tmp_path / "mismatch.onnx", encoder=encoder)
+    with pytest.raises(ValueError, match=r"'probability' must be .* found shape \(None, 3\) and 2 labels"):
+        TextClassifier(tmp_path / "mismatch.onnx")
+
+
+def test_a_closed_classifier_refuses_to_run(exported):
+    with TextClassifier(exported[1]) as classifier:
+        classifier.predict_proba(SENTENCES * 100)  # starts its pool
+    with pytest.raises(ValueError, match="closed"):
+        classifier.predict_proba("a great film")
