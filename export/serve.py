@@ -504,7 +504,7 @@ def create_app(settings: Settings) -> Starlette:
     page = _PAGE.read_text(encoding="utf-8").replace(
         "__MODELS__", json.dumps([m.metadata() for m in models.values()]).replace("</", "<\\/")
     )
-    version = _server_version()
+    server_version = _server_version()
 
     def model_endpoint(endpoint: str, batched: bool = False):
         """Wrap a model handler: find the model, turn errors into one line, count and time it.
@@ -523,9 +523,9 @@ def create_app(settings: Settings) -> Starlette:
                 try:
                     if model is None:
                         raise HTTPError(404, f"unknown model '{name}'; this server has {', '.join(models) or 'none'}")
-                    version = request.path_params.get("version")
-                    if version is not None and version != "1":
-                        raise HTTPError(404, f"model '{name}' has only version 1, not {version!r}")
+                    asked = request.path_params.get("version")
+                    if asked is not None and asked != "1":
+                        raise HTTPError(404, f"model '{name}' has only version 1, not {asked!r}")
                     response = await handler(request, model)
                 except HTTPError as error:
                     response = _error(error.status, one_line(error))
@@ -600,7 +600,7 @@ def create_app(settings: Settings) -> Starlette:
         return JSONResponse({"ready": True})
 
     async def server_metadata(request: Request) -> Response:
-        return JSONResponse({"name": "keras-attn", "version": version, "extensions": ["binary_tensor_data"]})
+        return JSONResponse({"name": "keras-attn", "version": server_version, "extensions": ["binary_tensor_data"]})
 
     async def prometheus(request: Request) -> Response:
         return Response(prometheus_client.generate_latest(metrics.registry), media_type=prometheus_client.CONTENT_TYPE_LATEST)
