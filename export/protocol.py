@@ -177,7 +177,7 @@ def _from_json(data, datatype: str, shape: tuple[int, ...], name: str) -> np.nda
     except (ValueError, OverflowError):
         raise ProtocolError(f"input '{name}': data is not a regular array of numbers") from None
     kinds = {"BOOL": "b", "FP16": "biuf", "FP32": "biuf", "FP64": "biuf"}.get(datatype, "iu")
-    if array.dtype.kind not in kinds:
+    if array.dtype.kind not in kinds and array.size:  # numpy makes [] float64
         what = {"b": "booleans", "biuf": "numbers"}.get(kinds, "integers")
         raise ProtocolError(f"input '{name}': datatype {datatype} needs {what} in data")
     if array.size != count:

@@ -48,3 +48,18 @@ def test_help_names_every_option(capsys):
     out = capsys.readouterr().out
     for option in ("--host", "--port", "--max-batch", "--max-delay-ms", "--threads", "--max-body", "--workers"):
         assert option in out
+
+
+def test_listen_sets_the_tcp_protocol_so_asyncio_turns_nagle_off():
+    import socket
+
+    from export.serve import listen
+
+    sock = listen("127.0.0.1", 0)
+    try:
+        # asyncio sets TCP_NODELAY only on sockets whose proto is IPPROTO_TCP
+        # (socket.create_server leaves 0): without it keep-alive answers waited 40 ms.
+        assert sock.proto == socket.IPPROTO_TCP
+        assert sock.getsockname()[1] > 0
+    finally:
+        sock.close()
