@@ -62,7 +62,7 @@ from export.protocol import (
     parse_infer_request,
     parse_v1_request,
 )
-from export.runtime import METADATA_ENCODER_KEY, OnnxModel, TextClassifier, read_metadata, usable_cores
+from export.runtime import METADATA_ENCODER_KEY, OnnxModel, TextClassifier, read_metadata
 
 try:
     import prometheus_client
@@ -113,9 +113,8 @@ class Settings:
         max_delay_ms: how long a request may wait for others to share its
             call; it waits only while requests to its model are arriving
             (received, not yet parsed), so a lone request never waits.
-        threads: onnxruntime threads per call; None: the usable cores less
-            one, which the event loop needs (measured on 2 cores: one thread
-            per call served 1.4-1.6x the requests/s of two).
+        threads: most threads a runtime call may use; None leaves it to
+            `export.runtime` (the usable cores, for calls big enough).
         max_body: largest accepted request body, in bytes.
     """
 
@@ -487,8 +486,7 @@ def create_app(settings: Settings) -> Starlette:
         name = Path(path).stem
         if name in models:
             raise ValueError(f"two models are named '{name}' ({models[name].path} and {path}): rename one file")
-        threads = settings.threads if settings.threads is not None else max(1, usable_cores() - 1)
-        models[name] = ServedModel(path, threads=threads)
+        models[name] = ServedModel(path, threads=settings.threads)
     metrics = _Metrics()
     executor = ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="serve-model")
     for model in models.values():
@@ -735,7 +733,7 @@ def _parser() -> argparse.ArgumentParser:
             f"to its model are being received (default: {DEFAULT_MAX_DELAY_MS:g})"
         ),
     )
-    parser.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads per call (default: the usable cores less one, for the event loop)")
+    parser.add_argument("--threads", type=int, metavar="N", help="most threads a runtime call may use (default: the runtime's choice, the usable cores)")
     parser.add_argument(
         "--max-body",
         default="8MiB",
