@@ -1,6 +1,6 @@
 """Load-test ``python -m export.serve`` on loopback: requests/s and latency under 1 to 64 clients.
 
-    python -m benchmarks.serve_load                  # the bundled model, real sentences
+    python -m benchmarks.serve_load --data DIR       # the bundled model, real sentences
     python -m benchmarks.serve_load sentiment.onnx --seconds 3
 
 Starts the server in a subprocess on 127.0.0.1 (a free port) with its
@@ -236,6 +236,9 @@ def _machine() -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.serve_load", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", metavar="MODEL.onnx", help="a text model (default: the bundled model, exported)")
+    parser.add_argument(
+        "--data", metavar="DIR", help="the UCI sentences folder (default: $KERAS_ATTN_DATA; without either, generated sentences)"
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds per scenario and round (default: 2)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every scenario (default: 3)")
     parser.add_argument("--max-requests", type=int, default=20000, help="most requests per scenario (default: 20000)")
@@ -248,7 +251,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if sys.stderr.isatty() else (lambda m: None)
     with silenced_stderr():
-        texts, source = load_texts()
+        texts, source = load_texts(args.data)
     with tempfile.TemporaryDirectory() as folder:
         model_path = Path(args.model) if args.model else _export_bundled(Path(folder))
         if not texts:

@@ -88,7 +88,10 @@ _PROBABILITY = "probability"
 #: Passes the settings to worker processes (``--workers`` > 1).
 _ENVIRONMENT = "KERAS_ATTN_SERVE"
 
-DEFAULT_MAX_BATCH = 64
+#: Rows per runtime call: 8 clients sending 64 sentences got 1.4x the
+#: sentences/s with 256 as with 64 (calls big enough for the runtime's
+#: threads, and fewer of them), and the Triton config uses the same.
+DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_DELAY_MS = 2.0
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 
