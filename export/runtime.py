@@ -437,9 +437,9 @@ class Prediction:
         text: the text as given.
         label: the predicted label (the most probable one; with one sigmoid
             unit, the second label when its probability is at least 0.5).
-        probability: the probability of ``label``. (Before keras-attn 0.3,
-            `SentimentPredictor` gave the probability of ``"positive"`` here
-            whatever the label; that is now ``scores["positive"]``.)
+        probability: the probability of ``label``. (Changed: `SentimentPredictor`
+            used to give the probability of ``"positive"`` here whatever the
+            label; that value is now ``scores["positive"]``.)
         scores: every label's probability, in the encoder's order; they sum to 1.
         attention: ``(word, weight)`` for each word the model read, in order:
             how much the sentence attends to that word (the attention rows of
