@@ -190,7 +190,6 @@ class OnnxModel:
         self._parallel_session = None
         self._pool = None
         self._lock = threading.Lock()
-        self._closed = False
         self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
         self.inputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in self._session.get_inputs())
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in self._session.get_outputs())
@@ -261,7 +260,10 @@ class OnnxModel:
 
     def _run_checked(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """onnxruntime's own ``run`` on one thread, for feeds already checked (`check_feeds`)."""
-        return self._open().run(names, feeds)
+        session = self._session  # None once closed
+        if session is None:
+            raise ValueError(f"{self!r} is closed")
+        return session.run(names, feeds)
 
     def _check_outputs(self, outputs: Sequence[str]) -> list[str]:
         names = [outputs] if isinstance(outputs, str) else list(outputs)
@@ -271,30 +273,34 @@ class OnnxModel:
         return names
 
     def _open(self):
-        if self._closed:
+        if self._session is None:
             raise ValueError(f"{self!r} is closed")
         return self._session
 
     def _parallel(self):
         if self._parallel_session is None:
             with self._lock:
-                if self._parallel_session is None and not self._closed:
+                if self._parallel_session is None and self._session is not None:
                     self._parallel_session = open_session(self.path, threads=self.threads)
-        self._open()
-        return self._parallel_session
+        session = self._parallel_session  # None once closed
+        if session is None:
+            raise ValueError(f"{self!r} is closed")
+        return session
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             with self._lock:
-                if self._pool is None and not self._closed:
+                if self._pool is None and self._session is not None:
                     self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx-model")
-        self._open()
-        return self._pool
+        pool = self._pool  # None once closed
+        if pool is None:
+            raise ValueError(f"{self!r} is closed")
+        return pool
 
     def close(self) -> None:
         """Release the sessions and thread pools; the model cannot run afterwards."""
         with self._lock:
-            self._closed = True
+            self._session = None
             pool, self._pool = self._pool, None
             self._parallel_session = None
         if pool is not None:
@@ -431,9 +437,9 @@ class Prediction:
         text: the text as given.
         label: the predicted label (the most probable one; with one sigmoid
             unit, the second label when its probability is at least 0.5).
-        probability: the probability of ``label``. (Before keras-attn 0.3,
-            `SentimentPredictor` gave the probability of ``"positive"`` here
-            whatever the label; that is now ``scores["positive"]``.)
+        probability: the probability of ``label``. (Changed: `SentimentPredictor`
+            used to give the probability of ``"positive"`` here whatever the
+            label; that value is now ``scores["positive"]``.)
         scores: every label's probability, in the encoder's order; they sum to 1.
         attention: ``(word, weight)`` for each word the model read, in order:
             how much the sentence attends to that word (the attention rows of
@@ -510,6 +516,7 @@ class TextClassifier:
             self.encoder = TextEncoder.from_json(encoder_json)
         except ValueError as error:
             raise ValueError(f"{self.path}: unusable text encoder in metadata: {error}") from None
+        self._seq_len, self._vocab_size = self.encoder.seq_len, self.encoder.vocab_size
         self._check_signature()
 
     def _check_signature(self) -> None:
@@ -586,13 +593,13 @@ class TextClassifier:
             and ids.shape[0] == 1
             and ids.ndim == 2
             and 0 < ids.shape[1] <= _ROW_IDS
-            and (not self._fixed_length or ids.shape[1] == self.seq_len)
+            and (not self._fixed_length or ids.shape[1] == self._seq_len)
             and ids.flags.c_contiguous
         ):
             # One encoded sentence: Python's min/max on its list is cheaper
             # than numpy's reductions at this size.
             row = ids[0].tolist()
-            if min(row) >= 0 and max(row) < self.vocab_size:
+            if min(row) >= 0 and max(row) < self._vocab_size:
                 return self._run_row(ids, row)
         return self._run_ids(self._check_ids(ids))
 
