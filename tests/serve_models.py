@@ -1,0 +1,88 @@
+"""Models for the serving tests: the bundled text model and a tiny two-input float model, exported once.
+
+Each is exported into one folder of the pytest session's base temp dir, so
+test files that import these functions share one conversion per session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _exported(tmp_path_factory, name: str, build) -> Path:
+    folder = tmp_path_factory.getbasetemp() / "serve-models"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.onnx"
+    if not path.exists():
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from export.to_onnx import convert
+
+        convert(build(), path)
+    return path
+
+
+def sentiment_onnx(tmp_path_factory) -> Path:
+    """The bundled pretrained model (labels negative/positive, with its encoder) as ``sentiment.onnx``."""
+
+    def build():
+        import keras_attn
+
+        return keras_attn.load_pretrained()
+
+    return _exported(tmp_path_factory, "sentiment", build)
+
+
+def pair_model():
+    """A Keras model of two float inputs, ``a`` (n, 3) and ``b`` (n, 2), and two outputs."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2,), name="b")
+    joined = keras.layers.Concatenate()([a, b])
+    score = keras.layers.Dense(2, name="score", kernel_initializer="glorot_uniform")(joined)
+    gate = keras.layers.Dense(1, activation="sigmoid", name="gate")(joined)
+    return keras.Model([a, b], {"score": score, "gate": gate}, name="pair")
+
+
+def pair_onnx(tmp_path_factory) -> Path:
+    """`pair_model` exported as ``pair.onnx``."""
+    return _exported(tmp_path_factory, "pair", pair_model)
+
+
+def pair_feeds(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "a": rng.normal(size=(rows, 3)).astype(np.float32),
+        "b": rng.normal(size=(rows, 2)).astype(np.float32),
+    }
+
+
+@contextlib.contextmanager
+def running_server(app):
+    """An ASGI app (`export.serve.create_app`) on uvicorn in a thread, on a free loopback port; yields "127.0.0.1:PORT"."""
+    import uvicorn
+
+    from export.serve import listen
+
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield "127.0.0.1:%d" % sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

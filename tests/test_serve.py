@@ -1,0 +1,483 @@
+"""export.serve against real clients: tritonclient.http (binary and JSON), plain HTTP, and a subprocess.
+
+Every answer is checked against an independent reference: a plain
+onnxruntime session on the same file, fed the request alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from serve_models import pair_feeds, pair_onnx, running_server, sentiment_onnx
+
+httpx = pytest.importorskip("httpx")
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from export.serve import Settings, create_app  # noqa: E402
+from export.text import TextEncoder  # noqa: E402
+
+TEXTS = ["What a great film, I loved it", "dull and boring", "not bad at all", "", "zyxxq unknownword"]
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory):
+    return sentiment_onnx(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    return pair_onnx(tmp_path_factory)
+
+
+class Reference:
+    """A plain onnxruntime session on a file: what a lone call of a request gives."""
+
+    def __init__(self, path: Path):
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.encoder = TextEncoder.from_json(meta["text_encoder"]) if "text_encoder" in meta else None
+
+    def run(self, feeds: dict) -> dict:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    def texts(self, texts: list[str]) -> dict:
+        ids = self.encoder.encode(texts)
+        outputs = self.run({"tokens": ids})
+        p = outputs["probability"][:, 0]
+        outputs["label"] = np.where(p >= 0.5, "positive", "negative")
+        return outputs
+
+
+@pytest.fixture(scope="module")
+def refs(sentiment, pair):
+    return {"sentiment": Reference(sentiment), "pair": Reference(pair)}
+
+
+@pytest.fixture(scope="module")
+def app(sentiment, pair):
+    settings = Settings(models=(str(sentiment), str(pair)), max_batch=64, max_delay_ms=30, max_body=64 * 1024)
+    return create_app(settings)
+
+
+@pytest.fixture(scope="module")
+def server(app):
+    with running_server(app) as url:
+        yield url
+
+
+@pytest.fixture
+def slow_first_call(app):
+    """Hold the first model call of the pair model for 0.5 s, so that requests sent meanwhile queue up."""
+    model = app.state.models["pair"].model
+    original, held = model.run, threading.Event()
+
+    def run(feeds, outputs=None):
+        if not held.is_set():
+            held.set()
+            time.sleep(0.5)
+        return original(feeds, outputs)
+
+    model.run = run
+    yield
+    model.run = original
+
+
+@pytest.fixture
+def triton(server):
+    client = httpclient.InferenceServerClient(server, concurrency=16)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=f"http://{server}", timeout=30) as client:
+        yield client
+
+
+def text_input(texts, binary=True):
+    tensor = httpclient.InferInput("text", [len(texts)], "BYTES")
+    tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object), binary_data=binary)
+    return tensor
+
+
+def close(a, b):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+pytestmark = pytest.mark.slow  # every test here talks to a running server
+
+
+# -- health and metadata --------------------------------------------------------
+
+
+def test_health_and_server_metadata(triton, http):
+    assert triton.is_server_live() and triton.is_server_ready()
+    assert triton.is_model_ready("sentiment") and triton.is_model_ready("pair")
+    assert not triton.is_model_ready("nope")
+    metadata = triton.get_server_metadata()
+    assert metadata["name"] == "keras-attn" and "binary_tensor_data" in metadata["extensions"]
+    assert http.get("/v2/health/live").json() == {"live": True}
+    assert http.get("/v2/health/ready").status_code == 200
+    assert http.get("/v2/models/pair/ready").json() == {"name": "pair", "ready": True}
+
+
+def test_model_metadata_lists_the_graph(triton, sentiment, pair):
+    meta = triton.get_model_metadata("pair")
+    assert meta["inputs"] == [
+        {"name": "a", "datatype": "FP32", "shape": [-1, 3]},
+        {"name": "b", "datatype": "FP32", "shape": [-1, 2]},
+    ]
+    assert sorted((o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]) == [
+        ("gate", "FP32", [-1, 1]),
+        ("score", "FP32", [-1, 2]),
+    ]
+    meta = triton.get_model_metadata("sentiment")
+    assert meta["inputs"] == [{"name": "tokens", "datatype": "INT32", "shape": [-1, -1]}]
+    assert {o["name"] for o in meta["outputs"]} == {"probability", "attention"}
+    assert meta["parameters"]["labels"] == ["negative", "positive"]
+    assert meta["parameters"]["text_input"] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+
+
+# -- v2 inference through tritonclient ----------------------------------------------
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_float_model_binary_and_json(triton, refs, binary):
+    feeds = pair_feeds(5, seed=1)
+    inputs = []
+    for name, value in feeds.items():
+        tensor = httpclient.InferInput(name, list(value.shape), "FP32")
+        tensor.set_data_from_numpy(value, binary_data=binary)
+        inputs.append(tensor)
+    outputs = [httpclient.InferRequestedOutput("score", binary_data=binary)]
+    result = triton.infer("pair", inputs, outputs=outputs, request_id="req-1")
+    assert result.get_response()["id"] == "req-1"
+    assert [o["name"] for o in result.get_response()["outputs"]] == ["score"]
+    close(result.as_numpy("score"), refs["pair"].run(feeds)["score"])
+    # No outputs named: tritonclient asks for all of them, as binary data.
+    everything = triton.infer("pair", inputs)
+    for name, value in refs["pair"].run(feeds).items():
+        close(everything.as_numpy(name), value)
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_text_in_label_and_model_outputs_out(triton, refs, binary):
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("label", "probability", "attention")]
+    result = triton.infer("sentiment", [text_input(TEXTS, binary)], outputs=outputs)
+    expected = refs["sentiment"].texts(TEXTS)
+    labels = [x.decode() if isinstance(x, bytes) else x for x in result.as_numpy("label")]
+    assert labels == list(expected["label"])
+    close(result.as_numpy("probability"), expected["probability"])
+    close(result.as_numpy("attention"), expected["attention"])
+
+
+def test_token_ids_as_the_model_takes_them(triton, refs):
+    ids = refs["sentiment"].encoder.encode(TEXTS)
+    tensor = httpclient.InferInput("tokens", list(ids.shape), "INT32")
+    tensor.set_data_from_numpy(ids)
+    result = triton.infer("sentiment", [tensor])
+    expected = refs["sentiment"].texts(TEXTS)
+    close(result.as_numpy("probability"), expected["probability"])
+    assert [x.decode() for x in result.as_numpy("label")] == list(expected["label"])
+
+
+def test_concurrent_requests_are_batched_and_equal_lone_calls(triton, http, refs, slow_first_call):
+    before = _batch_count(http, "pair")
+    requests = [pair_feeds(1 + i % 4, seed=100 + i) for i in range(24)]
+    pending = []
+    for feeds in requests:
+        inputs = []
+        for name, value in feeds.items():
+            tensor = httpclient.InferInput(name, list(value.shape), "FP32")
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+        pending.append(triton.async_infer("pair", inputs))
+    for feeds, request in zip(requests, pending):
+        result = request.get_result()
+        for name, value in refs["pair"].run(feeds).items():
+            close(result.as_numpy(name), value)
+    calls = _batch_count(http, "pair") - before
+    assert 2 <= calls < len(requests) / 2, calls  # those sent during the first call shared calls
+
+
+def test_concurrent_text_requests_equal_lone_calls(http, refs):
+    texts = [[f"{word} film number {i}" for word in ("great", "awful", "fine")[: 1 + i % 3]] for i in range(16)]
+
+    def ask(batch):
+        body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(batch)], "data": batch}]}
+        return http.post("/v2/models/sentiment/infer", json=body).json()
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, texts))
+    for batch, answer in zip(texts, answers):
+        outputs = {o["name"]: o for o in answer["outputs"]}
+        expected = refs["sentiment"].texts(batch)
+        assert outputs["label"]["data"] == list(expected["label"])
+        close(np.array(outputs["probability"]["data"]).reshape(outputs["probability"]["shape"]), expected["probability"])
+
+
+def _batch_count(http, model: str) -> float:
+    for line in http.get("/metrics").text.splitlines():
+        if line.startswith(f'keras_attn_batch_rows_count{{model="{model}"}}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+# -- plain HTTP: JSON, nested data, v1 ---------------------------------------------------
+
+
+def test_plain_json_nested_data_and_id_echo(http, refs):
+    feeds = pair_feeds(2, seed=3)
+    body = {
+        "id": "abc",
+        "inputs": [
+            {"name": "a", "datatype": "FP32", "shape": [2, 3], "data": feeds["a"].tolist()},
+            {"name": "b", "datatype": "FP32", "shape": [2, 2], "data": feeds["b"].ravel().tolist()},
+        ],
+        "outputs": [{"name": "gate"}],
+    }
+    response = http.post("/v2/models/pair/infer", json=body)
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    data = response.json()
+    assert data["id"] == "abc" and data["model_name"] == "pair"
+    (gate,) = data["outputs"]
+    assert gate["name"] == "gate" and gate["datatype"] == "FP32" and gate["shape"] == [2, 1]
+    close(np.array(gate["data"]).reshape(2, 1), refs["pair"].run(feeds)["gate"])
+
+
+def test_versioned_route(http):
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["fine"]}]}
+    assert http.post("/v2/models/sentiment/versions/1/infer", json=body).status_code == 200
+    assert http.post("/v2/models/sentiment/versions/2/infer", json=body).status_code == 404
+
+
+def test_v1_texts_give_predictions(http, refs):
+    response = http.post("/v1/models/sentiment:predict", json={"instances": TEXTS[:3]})
+    assert response.status_code == 200
+    predictions = response.json()["predictions"]
+    expected = refs["sentiment"].texts(TEXTS[:3])
+    for prediction, p, label in zip(predictions, expected["probability"][:, 0], expected["label"]):
+        assert prediction["label"] == label
+        close(prediction["scores"]["positive"], p)
+        close(prediction["scores"]["negative"], 1 - p)
+        assert prediction["probability"] == prediction["scores"][label]
+        assert [w for w, _ in prediction["attention"]] == refs["sentiment"].encoder.tokens(prediction["text"])
+
+
+def test_v1_token_rows_and_float_rows(http, refs):
+    ids = refs["sentiment"].encoder.encode(TEXTS[:2])
+    predictions = http.post("/v1/models/sentiment:predict", json={"instances": ids.tolist()}).json()["predictions"]
+    expected = refs["sentiment"].texts(TEXTS[:2])
+    assert [p["label"] for p in predictions] == list(expected["label"])
+    close([p["scores"]["positive"] for p in predictions], expected["probability"][:, 0])
+
+    feeds = pair_feeds(3, seed=4)
+    instances = [{"a": feeds["a"][i].tolist(), "b": feeds["b"][i].tolist()} for i in range(3)]
+    predictions = http.post("/v1/models/pair:predict", json={"instances": instances}).json()["predictions"]
+    reference = refs["pair"].run(feeds)
+    close([p["score"] for p in predictions], reference["score"])
+    close([p["gate"] for p in predictions], reference["gate"])
+
+
+def test_v1_metadata(http):
+    data = http.get("/v1/models/sentiment").json()
+    assert data["name"] == "sentiment" and data["ready"] is True
+    assert http.get("/v1/models/nope").status_code == 404
+
+
+# -- bad requests: 4xx with one line, and the server goes on ---------------------------------
+
+
+def _text(data, **fields):
+    tensor = {"name": "text", "datatype": "BYTES", "shape": [len(data)], "data": data}
+    tensor.update(fields)
+    return {"inputs": [tensor]}
+
+
+BAD = [
+    ("sentiment", b"{oops", 400, "not valid JSON"),
+    ("sentiment", _text(["x"], datatype="FP32"), 400, "needs numbers"),
+    ("sentiment", {"inputs": [{"name": "tokens", "datatype": "INT64", "shape": [1, 2], "data": [1, 2]}]}, 400, "datatype INT32"),
+    ("sentiment", _text(["a", "b"], shape=[3]), 400, "needs 3 elements, got 2"),
+    ("sentiment", _text(["a", "b"], shape=[1, 2]), 400, "shape [n]"),
+    ("sentiment", {"inputs": [{"name": "words", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}, 400, "unknown input 'words'"),
+    ("sentiment", {**_text(["a"]), "outputs": [{"name": "logits"}]}, 400, "unknown output 'logits'"),
+    ("sentiment", {"inputs": [{"name": "tokens", "datatype": "INT32", "shape": [1, 3], "data": [5, 10**6, 0]}]}, 400, "outside the vocabulary"),
+    ("sentiment", {"inputs": [{"name": "tokens", "datatype": "INT32", "shape": [1, 2], "data": [-1, 0]}]}, 400, "outside the vocabulary"),
+    ("pair", {"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}, 400, "missing input 'b'"),
+    ("pair", {"inputs": [{"name": "a", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3, 4]},
+                         {"name": "b", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}]}, 400, "'a'"),
+    ("nope", _text(["a"]), 404, "unknown model 'nope'"),
+]
+
+
+@pytest.mark.parametrize("model, body, status, message", BAD)
+def test_bad_requests_get_a_4xx_line_and_the_server_goes_on(http, refs, model, body, status, message):
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = http.post(f"/v2/models/{model}/infer", content=content)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert message in error and "\n" not in error and "Traceback" not in error
+    good = http.post("/v2/models/sentiment/infer", json=_text(["great film"])).json()
+    assert {o["name"]: o for o in good["outputs"]}["label"]["data"] == list(refs["sentiment"].texts(["great film"])["label"])
+
+
+def test_tritonclient_sees_the_error_line(triton):
+    tensor = httpclient.InferInput("tokens", [1, 2], "INT32")
+    tensor.set_data_from_numpy(np.array([[1, 10**6]], np.int32))
+    with pytest.raises(InferenceServerException, match="outside the vocabulary"):
+        triton.infer("sentiment", [tensor])
+
+
+def test_body_over_the_limit_is_refused_before_it_is_read(server):
+    host, port = server.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v2/models/pair/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000000\r\n\r\n{"
+        )
+        reply = conn.recv(4096).decode()  # answered while 1 GB is still "coming"
+    assert reply.startswith("HTTP/1.1 413"), reply
+    assert '"error"' in reply
+
+
+def test_chunked_body_over_the_limit(http):
+    def chunks():
+        for _ in range(100):
+            yield b" " * 1024
+
+    response = http.post("/v2/models/pair/infer", content=chunks())
+    assert response.status_code == 413
+
+
+def test_metrics_count_requests_by_model_and_status(http):
+    http.post("/v2/models/pair/infer", content=b"{")
+    text = http.get("/metrics").text
+    assert 'keras_attn_requests_total{endpoint="infer",model="pair",status="400"}' in text
+    assert 'keras_attn_request_duration_seconds_bucket{endpoint="infer"' in text
+    assert 'keras_attn_batch_rows_bucket{le="1.0",model="sentiment"}' in text
+    assert 'keras_attn_queue_rows{model="pair"} 0.0' in text
+
+
+# -- the process: start and stop lines, SIGTERM, option errors ------------------------------------
+
+
+def _start(args, env=None):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "export.serve", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, **(env or {})},
+    )
+    line = process.stderr.readline()
+    assert line.startswith("serving "), line + process.stderr.read()
+    return process, line.split("http://")[1].split()[0]
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(pair):
+    process, address = _start([str(pair), "--port", "0", "--max-delay-ms", "1500"])
+    try:
+        feeds = pair_feeds(1)
+        body = {"inputs": [{"name": n, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()} for n, v in feeds.items()]}
+        answer = {}
+
+        def ask():
+            answer["response"] = httpx.post(f"http://{address}/v2/models/pair/infer", json=body, timeout=30)
+
+        thread = threading.Thread(target=ask)
+        thread.start()
+        time.sleep(0.5)  # the request now waits 1.5 s in the batcher
+        process.send_signal(signal.SIGTERM)
+        thread.join(30)
+        assert answer["response"].status_code == 200
+        assert process.wait(30) == 0
+        err = process.stderr.read()
+        assert err.startswith("stopped serving pair"), err
+        assert err.count("\n") == 1  # one line per start and stop, no access log
+        assert process.stdout.read() == ""
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_access_log_on_request(pair):
+    process, address = _start([str(pair), "--port", "0", "--access-log"])
+    try:
+        assert httpx.get(f"http://{address}/v2/health/live", timeout=30).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+        err = process.stderr.read()
+        assert '"GET /v2/health/live HTTP/1.1" 200' in err and err.rstrip().endswith(" s"), err
+        assert err.count("\n") == 2  # the access line and the stop line
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_two_workers_serve_and_stop(pair):
+    process, address = _start([str(pair), "--port", "0", "--workers", "2"])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://{address}/v2/models/pair/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "workers did not start"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        assert process.stderr.read().startswith("stopped serving pair")  # nothing from the workers
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_unexpected_errors_are_500_one_line_logged_with_traceback(pair, caplog):
+    app = create_app(Settings(models=(str(pair),), max_delay_ms=0))
+    model = app.state.models["pair"]
+
+    def broken(feeds, outputs=None):
+        raise RuntimeError("disk on fire\nsecond line")
+
+    with running_server(app) as url, httpx.Client(base_url=f"http://{url}") as client:
+        feeds = pair_feeds(1)
+        body = {"inputs": [{"name": n, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()} for n, v in feeds.items()]}
+        original, model.model.run = model.model.run, broken
+        with caplog.at_level("ERROR", logger="export.serve"):
+            response = client.post("/v2/models/pair/infer", json=body)
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error: disk on fire second line"}
+        assert "Traceback" in caplog.text and "disk on fire" in caplog.text
+        model.model.run = original
+        assert client.post("/v2/models/pair/infer", json=body).status_code == 200
+
+
+def test_readme_client_snippet_runs_against_our_server(server, sentiment):
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    marker = "<!-- not run: needs a server on localhost:8000 (tests/test_serve.py runs this block against one) -->"
+    block = readme.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'InferenceServerClient("localhost:8000")' in block and '"sentiment.onnx"' in block
+    code = block.replace("localhost:8000", server).replace('"sentiment.onnx"', repr(str(sentiment)))
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).parent.parent).stdout
+    expected = [line.split("# -> ", 1)[1] for line in block.splitlines() if "# -> " in line]
+    assert output.splitlines() == expected
