@@ -218,7 +218,8 @@ def main(argv=None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     out = sys.stdout
     label_width = max(map(len, classifier.labels))
-    progress = _Progress(enabled=_is_terminal(sys.stderr))
+    # On a terminal that also shows the answers, the answers are the progress.
+    progress = _Progress(enabled=_is_terminal(sys.stderr) and not _is_terminal(sys.stdout))
     try:
         for texts in chunks:
             out.write("".join(_line(p, args.top_k, args.json, label_width) for p in classifier.predict(texts)))

@@ -690,17 +690,23 @@ class TextClassifier:
         labels = self.labels
         seq_len = self.seq_len
         full = ids[:, -1] != 0  # only these can have lost words
-        attention = outputs.get(_ATTENTION)
+        per_word = None
+        if _ATTENTION in outputs:
+            # The mean attention row over each text's real words, for all texts
+            # at once (one batched product instead of a slice per text). The
+            # encoder writes a text's words first, so they fill its first n places.
+            attention = outputs[_ATTENTION]
+            words_per_row = np.count_nonzero(ids, axis=1)
+            real = (np.arange(ids.shape[1]) < words_per_row[:, None]).astype(attention.dtype)
+            per_word = (real[:, None, :] @ attention)[:, 0, :] / np.maximum(words_per_row, 1)[:, None]
         results = []
         for i, (text, row) in enumerate(zip(texts, ids.tolist())):
             words = self.encoder.decode(row)
             weights = ()
-            if attention is not None and words:
+            if per_word is not None and words:
                 # Each real query row sums to 1 over the real keys (padding
                 # keys get exactly 0), so their mean does too.
-                n = len(words)
-                per_word = attention[i, :n, :n].mean(axis=0, dtype=np.float64)
-                weights = tuple(zip(words, per_word.tolist()))
+                weights = tuple(zip(words, per_word[i, : len(words)].tolist()))
             row_scores = scores[i].tolist()
             label = int(best[i])
             results.append(
