@@ -669,24 +669,36 @@ class TextClassifier:
         Columns follow `labels`. A single string is one text. One sigmoid
         unit ``p`` gives ``[1 - p, p]``.
         """
-        return self._scores(self._run_ids(self.encoder.encode(texts))[_PROBABILITY])
+        return self.label_scores(self._run_ids(self.encoder.encode(texts))[_PROBABILITY])
 
-    def _scores(self, probability: np.ndarray) -> np.ndarray:
+    def label_scores(self, probability: np.ndarray) -> np.ndarray:
+        """Each label's probability from the model's own ``probability`` output (`run_ids`).
+
+        Returns ``(n, k)``, columns in `labels` order: one sigmoid unit ``p``
+        gives ``[1 - p, p]``; k softmax units are returned as they are.
+        """
         if self._sigmoid:
             p = probability[:, 0]
             return np.stack([1 - p, p], axis=1)
         return probability
+
+    def label_indices(self, probability: np.ndarray) -> np.ndarray:
+        """The predicted label per row (an index into `labels`) from the model's ``probability`` output.
+
+        One sigmoid unit picks the second label from ``p >= 0.5``; k softmax
+        units pick their argmax.
+        """
+        if self._sigmoid:
+            return (probability[:, 0] >= 0.5).astype(np.int64)
+        return probability.argmax(axis=1)
 
     def predict(self, texts: str | Iterable[str]) -> list[Prediction]:
         """One `Prediction` per text (a single string is one text)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         ids = self.encoder.encode(texts)
         outputs = self._run_ids(ids)
-        scores = self._scores(outputs[_PROBABILITY])
-        if self._sigmoid:
-            best = (outputs[_PROBABILITY][:, 0] >= 0.5).astype(np.int64)
-        else:
-            best = scores.argmax(axis=1)
+        scores = self.label_scores(outputs[_PROBABILITY])
+        best = self.label_indices(outputs[_PROBABILITY])
         labels = self.labels
         seq_len = self.seq_len
         full = ids[:, -1] != 0  # only these can have lost words

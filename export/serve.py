@@ -317,23 +317,10 @@ class ServedModel:
         outputs[LABEL_OUTPUT] = self._labels(outputs[_PROBABILITY])
         return _split(outputs, [len(part) for part in batch])
 
-    # The two helpers below follow `TextClassifier.predict`, which keeps them
-    # private: one sigmoid unit p is [1 - p, p] and picks the second label
-    # from p >= 0.5; k softmax units pick their argmax.
-    def _scores(self, probability: np.ndarray) -> np.ndarray:
-        """``(n, k)`` label probabilities."""
-        if probability.shape[1] == 1:
-            return np.concatenate([1 - probability, probability], axis=1)
-        return probability
-
     def _labels(self, probability: np.ndarray) -> np.ndarray:
         """The predicted label per row, as a BYTES (object) array."""
-        if probability.shape[1] == 1:
-            best = (probability[:, 0] >= 0.5).astype(np.int64)
-        else:
-            best = probability.argmax(axis=1)
         labels = np.empty(len(probability), dtype=object)
-        labels[:] = [self.classifier.labels[i] for i in best]
+        labels[:] = [self.classifier.labels[i] for i in self.classifier.label_indices(probability)]
         return labels
 
     async def predict_v1(self, instances: list) -> list:
@@ -353,7 +340,7 @@ class ServedModel:
             if ids.dtype.kind not in "iu":
                 raise HTTPError(400, "instances must be texts, or rows of integer token ids")
             outputs = await self._run_ids(ids)
-            scores = self._scores(outputs[_PROBABILITY])
+            scores = self.classifier.label_scores(outputs[_PROBABILITY])
             labels = list(self.classifier.labels)
             return [
                 {
