@@ -1,7 +1,8 @@
-"""Both command-line tools in subprocesses: the main job, bad inputs, odd texts."""
+"""The export and predict command lines, in this process where they can be: the main job, bad inputs, odd texts."""
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,11 +14,12 @@ import keras
 import numpy as np
 import pytest
 
-from export.cli import run
+from export.cli import CliError, run
 from export.predict import main as predict_main
 from export.runtime import TextClassifier
 from export.text import TextEncoder
 from export.to_onnx import convert
+from export.to_onnx import main as export_main
 from keras_attn.saving import save_model
 from test_export_support import ROOT, attention_model, run_module, sentiment
 from test_runtime import LABELS, three_class_model
@@ -63,101 +65,129 @@ def dev_onnx(dev_model):
 # -- python -m export.to_onnx -----------------------------------------------
 
 
-def test_help_describes_the_options(tmp_path):
-    proc = run_module("export.to_onnx", "--help", cwd=tmp_path)
-    assert proc.returncode == 0
-    for option in ("--output", "--opset", "--quantize", "--no-verify", "--tolerance", "--debug", "MODEL"):
-        assert option in proc.stdout
+def _export(argv, capsys, monkeypatch, cwd):
+    """``python -m export.to_onnx argv`` in this process, in ``cwd``: (exit status, stdout, stderr)."""
+    monkeypatch.chdir(cwd)
+    # The CLI quiets TensorFlow and logging for its process; give them back.
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    try:
+        status = run(export_main, [str(a) for a in argv])
+    finally:
+        logging.disable(logging.NOTSET)
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
+def _assert_one_line_error(result, *fragments):
+    status, out, err = result
+    assert status != 0 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_help_describes_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        export_main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--output", "--opset", "--quantize", "--no-verify", "--tolerance", "--import", "--debug", "MODEL"):
+        assert option in out
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not PRETRAINED.is_file(), reason="the pretrained model is not bundled yet")
 def test_main_job_converts_the_bundled_model(tmp_path):
     proc = run_module("export.to_onnx", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "sentiment.onnx").is_file()
     assert "probability" in proc.stdout and "max |diff|" in proc.stdout
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr == ""  # not on a terminal: no progress, no TensorFlow start-up lines
     predict = run_module("export.predict", "sentiment.onnx", "a wonderful film", cwd=tmp_path)
     assert predict.returncode == 0, predict.stderr
 
 
-def test_converts_a_model_file_into_the_current_folder(tmp_path, dev_model):
-    proc = run_module("export.to_onnx", dev_model, "--quantize", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+def test_converts_a_model_file_into_the_current_folder(tmp_path, dev_model, capsys, monkeypatch):
+    status, out, err = _export([dev_model, "--quantize"], capsys, monkeypatch, tmp_path)
+    assert status == 0, err
     assert _files(tmp_path) == ["dev.int8.onnx", "dev.onnx"]
-    out = proc.stdout
     for fragment in ("input   tokens int32 (batch, sequence)", "output  probability", "opset 17", "max |diff|", "int8 copy", "time"):
         assert fragment in out, out
-    # Not on a terminal: no progress, and TensorFlow's start-up noise is gone.
-    assert proc.stderr == ""
+    assert err == ""  # not on a terminal: no progress
 
 
-def test_debug_shows_progress(tmp_path, dev_model):
-    proc = run_module("export.to_onnx", dev_model, "--debug", "--no-verify", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "converting" in proc.stderr and "not verified" in proc.stdout
+def test_debug_shows_progress(tmp_path, dev_model, capsys, monkeypatch):
+    status, out, err = _export([dev_model, "--debug", "--no-verify"], capsys, monkeypatch, tmp_path)
+    assert status == 0, err
+    assert "converting" in err and "not verified" in out
 
 
-def test_missing_file(tmp_path):
-    _assert_one_line_error(run_module("export.to_onnx", "nope.keras", cwd=tmp_path), "nope.keras")
+def test_missing_file(tmp_path, capsys, monkeypatch):
+    _assert_one_line_error(_export(["nope.keras"], capsys, monkeypatch, tmp_path), "nope.keras")
     assert _files(tmp_path) == []
 
 
-def test_debug_shows_the_traceback(tmp_path):
-    proc = run_module("export.to_onnx", "nope.keras", "--debug", cwd=tmp_path)
-    assert proc.returncode != 0 and "Traceback" in proc.stderr
+def test_debug_raises_instead_of_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CliError, match="nope.keras"):
+        run(export_main, ["nope.keras", "--debug"])
 
 
-def test_file_that_is_not_a_keras_model(tmp_path):
+def test_file_that_is_not_a_keras_model(tmp_path, capsys, monkeypatch):
     (tmp_path / "notes.keras").write_text("hello, not a model\n")
-    _assert_one_line_error(run_module("export.to_onnx", "notes.keras", cwd=tmp_path), "not a Keras model")
+    _assert_one_line_error(_export(["notes.keras"], capsys, monkeypatch, tmp_path), "not a Keras model")
     assert _files(tmp_path) == ["notes.keras"]
 
 
-def test_zip_that_is_not_a_keras_model(tmp_path):
+def test_zip_that_is_not_a_keras_model(tmp_path, capsys, monkeypatch):
     with zipfile.ZipFile(tmp_path / "other.keras", "w") as archive:
         archive.writestr("readme.txt", "just a zip")
-    _assert_one_line_error(run_module("export.to_onnx", "other.keras", cwd=tmp_path), "cannot load")
+    _assert_one_line_error(_export(["other.keras"], capsys, monkeypatch, tmp_path), "cannot load")
     assert _files(tmp_path) == ["other.keras"]
 
 
-def test_truncated_keras_archive(tmp_path, dev_model):
+def test_truncated_keras_archive(tmp_path, dev_model, capsys, monkeypatch):
     data = dev_model.read_bytes()
     (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
-    _assert_one_line_error(run_module("export.to_onnx", "cut.keras", cwd=tmp_path), "cut.keras")
+    _assert_one_line_error(_export(["cut.keras"], capsys, monkeypatch, tmp_path), "cut.keras")
     assert _files(tmp_path) == ["cut.keras"]
 
 
+@pytest.mark.slow
 def test_unregistered_custom_layer(tmp_path):
+    # A new process: Doubler is registered in this one only.
     inputs = keras.Input((4,))
     model = keras.Model(inputs, Doubler(name="doubler")(inputs))
     save_model(model, tmp_path / "custom.keras")
-    _assert_one_line_error(run_module("export.to_onnx", "custom.keras", cwd=tmp_path), "Doubler")
+    proc = run_module("export.to_onnx", "custom.keras", cwd=tmp_path)
+    _assert_one_line_error((proc.returncode, proc.stdout, proc.stderr), "Doubler")
+    assert "Traceback" not in proc.stderr
     assert _files(tmp_path) == ["custom.keras"]
 
 
-def test_lambda_layer_is_refused_and_never_runs(tmp_path):
+def test_lambda_layer_is_refused_and_never_runs(tmp_path, capsys, monkeypatch):
     marker = tmp_path / "lambda_ran"
     inputs = keras.Input((4,))
     outputs = keras.layers.Lambda(lambda x, p=str(marker): (open(p, "w").close(), x * 2)[1])(inputs)
     save_model(keras.Model(inputs, outputs), tmp_path / "lambda.keras")
     marker.unlink(missing_ok=True)  # building the model ran it once, here
-    _assert_one_line_error(run_module("export.to_onnx", "lambda.keras", cwd=tmp_path), "Lambda")
+    _assert_one_line_error(_export(["lambda.keras"], capsys, monkeypatch, tmp_path), "Lambda")
     assert not marker.exists()
     assert _files(tmp_path) == ["lambda.keras"]
 
 
 @pytest.mark.parametrize("target", ["missing/out.onnx", "afile/out.onnx", "."])
-def test_output_folder_that_cannot_be_written(tmp_path, dev_model, target):
+def test_output_folder_that_cannot_be_written(tmp_path, dev_model, target, capsys, monkeypatch):
     (tmp_path / "afile").write_text("x")
-    _assert_one_line_error(run_module("export.to_onnx", dev_model, "-o", target, cwd=tmp_path), "cannot write")
+    _assert_one_line_error(_export([dev_model, "-o", target], capsys, monkeypatch, tmp_path), "cannot write")
     assert _files(tmp_path) == ["afile"]
 
 
-def test_bad_tolerance_exits_with_one_line_and_keeps_old_file(tmp_path, dev_model):
+def test_bad_tolerance_exits_with_one_line_and_keeps_old_file(tmp_path, dev_model, capsys, monkeypatch):
     (tmp_path / "dev.onnx").write_bytes(b"old export")
-    proc = run_module("export.to_onnx", dev_model, "--tolerance", "-1", cwd=tmp_path)
-    _assert_one_line_error(proc, "tolerance")
+    _assert_one_line_error(_export([dev_model, "--tolerance", "-1"], capsys, monkeypatch, tmp_path), "tolerance")
     assert (tmp_path / "dev.onnx").read_bytes() == b"old export"
 
 
