@@ -177,5 +177,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def console() -> int:
+    """The `keras-attn-export` console script: `main` with one-line errors."""
+    return run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(console())

@@ -312,5 +312,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def console() -> int:
+    """The `keras-attn-validate` console script: `main` with one-line errors."""
+    return run(main)
+
+
 if __name__ == "__main__":
-    sys.exit(run(main))
+    sys.exit(console())

@@ -1,8 +1,12 @@
 """The serving install (`pip install .`, no TensorFlow or Keras) says what to install."""
 
+import importlib
+import inspect
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -36,3 +40,26 @@ def test_export_cli_prints_one_line_naming_the_train_extra(tmp_path):
     assert re.fullmatch(r'error: (keras|tensorflow|tf2onnx) is not installed: the layer, training and export '
                         r'need pip install "keras-attn\[train\]"', line), line
     assert list(tmp_path.iterdir()) == []
+
+
+def _console_scripts():
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+@pytest.mark.parametrize("script", sorted(_console_scripts()))
+def test_console_script_points_at_a_command_line(script):
+    module, function = _console_scripts()[script].split(":")
+    entry = getattr(importlib.import_module(module), function)
+    # Console scripts call it with no arguments: argv comes from sys.argv.
+    assert callable(entry) and all(p.default is not p.empty for p in inspect.signature(entry).parameters.values())
+
+
+@pytest.mark.slow
+def test_installed_console_scripts_answer_help():
+    missing = [s for s in _console_scripts() if shutil.which(s) is None]
+    if missing:
+        pytest.skip(f"not installed with pip: {missing}")
+    for script in _console_scripts():
+        done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (script, done.stderr)
+        assert done.stdout.startswith("usage: ") and done.stderr == "", script
