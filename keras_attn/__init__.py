@@ -6,7 +6,7 @@ Importing the package registers `ScaledDotAttention` with Keras, so a saved
 
 from keras_attn.attention import ScaledDotAttention
 from keras_attn.inference import inference
-from keras_attn.models import build_sentiment_model
+from keras_attn.models import build_sentiment_model, build_text_classifier
 from keras_attn.pretrained import load_pretrained
 from keras_attn.saving import load_model, save_model
 from keras_attn.text import TextEncoder
@@ -17,6 +17,7 @@ __all__ = [
     "ScaledDotAttention",
     "TextEncoder",
     "build_sentiment_model",
+    "build_text_classifier",
     "inference",
     "load_model",
     "load_pretrained",
