@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import platform
 import sys
 import tempfile
@@ -80,6 +81,10 @@ def run(data_dir=None, seeds=range(5), tasks=TASKS, say=lambda message: None, **
     """
     from keras_attn.data import find_data_dir, load_sentences
     from keras_attn.train import DEFAULTS, classification_metrics, split_data, train
+
+    # Each run's new model traces its own predict function; TensorFlow warns
+    # about "retracing" from the sixth on, which is expected here.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
     sentences = load_sentences(find_data_dir(data_dir, download=False))
     data = {"sentiment": sentences, "site": site_task(sentences)}

@@ -404,9 +404,16 @@ def _attention_examples(encoder, model, texts, labels, count=3):
     return examples
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (exit status 2, as argparse's own)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
-    """The CLI's options; out-of-range values exit 2 with one line (argparse's way)."""
-    parser = argparse.ArgumentParser(
+    """The CLI's options; a bad or out-of-range one exits 2 with one line on stderr."""
+    parser = _Parser(
         prog="python -m keras_attn.train",
         description=(
             "Train an attention text classifier on your own labelled texts "
