@@ -1,23 +1,33 @@
-"""Serve an exported sentiment model on onnxruntime: text in, label and attention out.
+"""Serve exported models on onnxruntime: any ``.onnx`` file, and text classifiers with their encoder.
 
-This module imports only numpy, onnxruntime and `export.text`; it must never
-import TensorFlow or Keras (a test checks it). Everything it needs, the text
-encoder included, comes from the ``.onnx`` file written by `export.to_onnx`.
+This module imports only numpy, onnxruntime and `export.text` / `export.session`;
+it must never import TensorFlow or Keras (a test checks it). Everything a text
+model needs, its encoder included, comes from the ``.onnx`` file written by
+`export.to_onnx`.
 
-    >>> predictor = SentimentPredictor("sentiment.onnx")
-    >>> predictor.predict_proba(["what a great film"])
-    array([0.97], dtype=float32)
-    >>> predictor.predict("what a great film")[0].label
+It reads top-down, in layers:
+
+- `export.session.open_session`: the one place sessions are opened;
+- `OnnxModel`: any ONNX file: its inputs and outputs, feeds checked before
+  onnxruntime sees them, and threads sized to the work of each call;
+- `sequence_lengths` and `plan_chunks`: batching and length-bucketing, as pure
+  functions;
+- `TextClassifier`: encode, run, decode, for a model that carries its text
+  encoder and has a ``probability`` output (1 sigmoid unit or k softmax
+  units); `SentimentPredictor` is its two-label case.
+
+    >>> classifier = TextClassifier("sentiment.onnx")
+    >>> classifier.predict_proba(["what a great film"])
+    array([[0.03, 0.97]], dtype=float32)
+    >>> classifier.predict("what a great film")[0].label
     'positive'
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +36,19 @@ from export.session import open_session
 from export.text import TextEncoder
 
 __all__ = [
-    "CHUNK_SIZE",
+    "MAX_CALL_WORK",
     "METADATA_ENCODER_KEY",
     "METADATA_PADDING_FREE_KEY",
+    "PARALLEL_WORK",
+    "OnnxModel",
     "Prediction",
     "SentimentPredictor",
+    "TensorSpec",
+    "TextClassifier",
+    "plan_chunks",
     "read_metadata",
+    "sequence_lengths",
+    "usable_cores",
 ]
 
 #: ONNX metadata key holding `TextEncoder.to_json()`.
@@ -42,84 +59,52 @@ METADATA_ENCODER_KEY = "text_encoder"
 #: then does the runtime skip padding.
 METADATA_PADDING_FREE_KEY = "padding_free"
 
-#: Most rows per onnxruntime call for large inputs. Measured on the sentiment
-#: model (2 cores, best of 20 runs of 1024 rows): 256-row chunks gave 85k
-#: rows/s against 71k for one 1024-row call, and 128 to 512 were within 10%
-#: of each other; larger chunks lose cache locality (the attention output
-#: alone is 4 KiB a row) and cost memory, smaller ones pay per-call overhead.
-#: With ``threads > 1``, calls of 64 rows or more are also split so every
-#: worker thread gets rows.
-CHUNK_SIZE = 256
+#: Work of a call (elements of its largest input: rows x tokens for a text
+#: model) from which onnxruntime's intra-op threads pay for themselves; smaller
+#: calls run on one thread. Measured on 2 cores with the bundled model and the
+#: tutorial's Flatten model (`benchmarks/threads.py` sweeps rows x length,
+#: one thread against all cores, interleaved): one thread wins at 512 tokens
+#: of work (0.51 against 0.59 ms), they tie at 320-640, and two threads win from
+#: 1280 (0.88 against 1.27 ms) on; the crossing lies near 1000 on both models.
+PARALLEL_WORK = 1024
 
-#: Below this many rows per piece, splitting a call across threads costs more
-#: than it saves.
-_MIN_PARALLEL_ROWS = 32
-
-#: Calls of fewer rows never use the thread pool.
-_MIN_THREADED_ROWS = 64
-
-#: A single int32 row of up to this many ids is checked with Python's
-#: min/max on a list, which also finds its length: measured 1.9 us against
-#: 1.4 us for the numpy reduction alone (plus its length) at 40 ids, but
-#: 3.2 us at 80 and 23 us at 640.
-_ROW_IDS = 64
-
-#: From this many rows, a model with a dynamic sequence axis gets its rows
-#: sorted by length and cut into chunks of similar lengths; fewer rows run as
-#: one call cut at the longest row.
-_PLAN_ROWS = 16
-
-#: Cost model of one onnxruntime call on the sentiment recipe, fitted on
-#: 1 to 256 rows of 1 to 40 tokens (1 thread, within 14%): 20.2 us a call +
-#: 0.71 us a row + 0.44 us a token + 0.0059 us a token squared (attention),
-#: i.e. a call costs ~46 tokens of work and a row of L tokens L + L**2 / 74
-#: (before `export.simplify` folded the Conv1D bias: 26.6 us, 47 and 105).
-#: `_plan` ends a chunk of sorted rows before a longer length when padding
-#: its rows to that length would cost more than a call. The greedy walk
-#: does best with a lower call cost than measured (it cannot look ahead):
-#: on real sentences it then comes within 5% of the optimal partition, and
-#: 74 or 105 for the square term measure the same.
-_CALL_COST_TOKENS = 20
-_SQUARE_TOKENS = 105
+#: Most work (rows x tokens) one call of a text model gets: larger batches are
+#: cut into calls of about this much. On 1024 dense 40-token rows, calls of 64
+#: rows (2560 tokens) took 18-21 ms, 128 rows 18-22, 256 rows 19-24, one call
+#: of 1024 rows 26-30 ms (the activations of a large call leave the caches:
+#: the attention alone is 6.4 KiB a row at 40 tokens).
+MAX_CALL_WORK = 4096
 
 _PROBABILITY = "probability"
 _ATTENTION = "attention"
 
+# onnxruntime's type strings -> numpy dtype names.
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(float16)": "float16",
+    "tensor(int8)": "int8",
+    "tensor(int16)": "int16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(uint8)": "uint8",
+    "tensor(uint16)": "uint16",
+    "tensor(uint32)": "uint32",
+    "tensor(uint64)": "uint64",
+    "tensor(bool)": "bool",
+    "tensor(string)": "str",
+}
 
-@dataclass(frozen=True)
-class Prediction:
-    """The model's answer for one text.
 
-    Attributes:
-        text: the text as given.
-        label: the predicted class name, from the encoder's labels.
-        probability: the model's probability of the second label
-            (``"positive"``), whatever the predicted label.
-        attention: ``(word, weight)`` for each word the model read, in order:
-            how much the sentence attends to that word (the attention rows of
-            the real words averaged, over the real words only; the weights sum
-            to 1). Unknown words show as ``"[UNK]"``; empty for a text without
-            any word.
-    """
+# -- sessions sized to the machine ------------------------------------------------
 
-    text: str
-    label: str
-    probability: float
-    attention: tuple[tuple[str, float], ...]
 
-    def top(self, k: int = 3) -> list[tuple[str, float]]:
-        """The ``k`` most attended words, highest weight first (ties: earlier word first)."""
-        order = sorted(range(len(self.attention)), key=lambda i: (-self.attention[i][1], i))
-        return [self.attention[i] for i in order[: max(k, 0)]]
-
-    def to_dict(self) -> dict:
-        """Plain types, ready for `json.dumps`."""
-        return {
-            "text": self.text,
-            "label": self.label,
-            "probability": self.probability,
-            "attention": [[word, weight] for word, weight in self.attention],
-        }
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # not Linux
+        return max(os.cpu_count() or 1, 1)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -133,55 +118,330 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     }
 
 
-class SentimentPredictor:
-    """Sentiment predictions from a self-contained ONNX file.
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of an ONNX model.
+
+    Attributes:
+        name: the tensor's name in the graph (the key of feeds and results).
+        dtype: numpy dtype name (``"float32"``, ``"int32"``, ...; ``"str"``
+            for string tensors).
+        shape: one entry per axis: an int for a fixed size, ``None`` for a
+            symbolic one (the batch axis, a sequence length).
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+
+    def __str__(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype} ({dims})"
+
+
+def _spec(arg) -> TensorSpec:
+    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in (arg.shape or ()))
+    return TensorSpec(arg.name, _ORT_TYPES.get(arg.type, arg.type), shape)
+
+
+class OnnxModel:
+    """Any ONNX file on onnxruntime's CPU provider, with checked feeds.
 
     Args:
-        path: an ``.onnx`` file written by `export.to_onnx` from a model that
-            carried its text encoder.
-        threads: threads one call may use; ``None`` means 1. Each
-            onnxruntime run is single-threaded; with more threads, a call of
-            64 rows or more is split into chunks run in parallel (worth it
-            only for large batches on otherwise idle cores).
-        chunk_size: most rows per onnxruntime call.
+        path: the ``.onnx`` file.
+        threads: most threads one call may use. ``None`` means the cores
+            this process may use (`usable_cores`). Calls whose work (the
+            element count of their largest input: rows x tokens for a text
+            model) is below `PARALLEL_WORK` run on one thread, larger ones on
+            all of them: onnxruntime's intra-op threads cost more than they
+            save on small calls.
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a sentiment model with a text encoder in
-            its metadata (one int32 input, ``probability`` and ``attention``
-            outputs).
+        ValueError: onnxruntime cannot load it, or ``threads`` is not a
+            positive integer.
 
-    One predictor may be shared between threads: it holds no mutable state
-    and `onnxruntime.InferenceSession.run` is thread-safe.
+    One model may be shared between threads (`onnxruntime.InferenceSession.run`
+    is thread-safe and the object holds no per-call state). `close` (or a
+    ``with`` block) releases its sessions and their thread pools.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        threads: int | None = None,
-        chunk_size: int = CHUNK_SIZE,
-    ) -> None:
-        if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
             raise ValueError(f"threads must be None or a positive integer, got {threads!r}")
-        if isinstance(chunk_size, bool) or int(chunk_size) < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.path = Path(path)
-        # Each run is single-threaded: measured on 2 shared cores,
-        # onnxruntime's intra-op pool (a barrier after each of ~45 small ops)
-        # lost up to half its throughput whenever another process took a
-        # core. One thread by default: with rows cut to their length, a
-        # second thread over chunks gained at batch 1024 on idle cores only
-        # (100-116k against 86-90k rows/s), lost at batch 64 (56-63k against
-        # 71-73k), and lost under load before (33k against 41.6k); it would
-        # make throughput depend on the batch size. Callers that share one
-        # predictor across their own threads get the parallelism anyway.
-        self._workers = int(threads) if threads is not None else 1
-        self._session = open_session(self.path, threads=1)
-        self._pool = None
-        self._pool_lock = threading.Lock()
-        self.metadata = dict(self._session.get_modelmeta().custom_metadata_map)
-        encoder_json = self.metadata.get(METADATA_ENCODER_KEY)
+        cores = usable_cores()
+        self.threads = cores if threads is None else min(int(threads), cores)
+        self._single = open_session(self.path, threads=1)
+        # A second session whose runs use every allowed core, for big calls.
+        self._parallel = open_session(self.path, threads=self.threads) if self.threads > 1 else self._single
+        self.metadata: dict[str, str] = dict(self._single.get_modelmeta().custom_metadata_map)
+        self.inputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in self._single.get_inputs())
+        self.outputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in self._single.get_outputs())
+        self._input_specs = {spec.name: spec for spec in self.inputs}
+        self._output_names = [spec.name for spec in self.outputs]
+
+    def run(self, feeds: Mapping[str, object], outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model once.
+
+        Args:
+            feeds: an array (or anything `numpy.asarray` takes) for every input,
+                by name. Safe casts are made (float64 -> float32, int64 ->
+                int32 when every value fits, any integer -> float).
+            outputs: the names of the outputs wanted; ``None`` for all.
+
+        Returns:
+            The outputs as numpy arrays, by name, in the model's order.
+
+        Raises:
+            ValueError: a missing or unknown input, a wrong rank, a fixed
+                dimension that does not match, or a dtype that cannot be cast
+                safely; an unknown output name. One line naming the input.
+        """
+        checked = self.check_feeds(feeds)
+        names = self._output_names if outputs is None else self._check_outputs(outputs)
+        return dict(zip(names, self._run(names, checked)))
+
+    def check_feeds(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
+        """``feeds`` as onnxruntime takes them: checked and safely cast (see `run`).
+
+        Raises:
+            ValueError: as `run`.
+        """
+        if not isinstance(feeds, Mapping):
+            raise ValueError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+        unknown = sorted(set(feeds) - set(self._input_specs))
+        if unknown:
+            raise ValueError(f"unknown input {unknown[0]!r}: the model's inputs are {sorted(self._input_specs)}")
+        checked = {}
+        for spec in self.inputs:
+            if spec.name not in feeds:
+                raise ValueError(f"missing input {spec.name!r} ({spec})")
+            checked[spec.name] = _check_feed(spec, feeds[spec.name])
+        return checked
+
+    def _check_outputs(self, outputs: Sequence[str]) -> list[str]:
+        if isinstance(outputs, str):
+            outputs = [outputs]
+        names = list(outputs)
+        for name in names:
+            if name not in self._output_names:
+                raise ValueError(f"unknown output {name!r}: the model's outputs are {self._output_names}")
+        return names
+
+    def _run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """onnxruntime on checked feeds: one thread for small work, all allowed cores for big."""
+        work = max((value.size for value in feeds.values()), default=0)
+        session = self._parallel if work >= PARALLEL_WORK else self._single
+        if session is None:
+            raise ValueError(f"{self!r} is closed")
+        return session.run(names, feeds)
+
+    def close(self) -> None:
+        """Release the sessions and their thread pools; the model cannot run afterwards."""
+        self._single = self._parallel = None
+
+    def __enter__(self) -> OnnxModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"OnnxModel({str(self.path)!r}, threads={self.threads})"
+
+
+def _check_feed(spec: TensorSpec, value) -> np.ndarray:
+    """``value`` as an array onnxruntime takes for ``spec``, or a one-line ValueError."""
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"input {spec.name!r}: not an array: {' '.join(str(error).split())}") from None
+    if value.ndim != len(spec.shape):
+        raise ValueError(f"input {spec.name!r}: expected rank {len(spec.shape)} ({spec}), got shape {value.shape}")
+    for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
+        if want is not None and want != got:
+            raise ValueError(f"input {spec.name!r}: axis {axis} must be {want} ({spec}), got shape {value.shape}")
+    value = _cast(spec, value)
+    return value if value.flags.c_contiguous else np.ascontiguousarray(value)
+
+
+def _cast(spec: TensorSpec, value: np.ndarray) -> np.ndarray:
+    """``value`` in ``spec.dtype`` when that loses nothing; else a one-line ValueError."""
+    want, have = spec.dtype, value.dtype
+    if have.name == want:
+        return value
+    kind = have.kind
+    if want == "str":
+        if kind in "UO" or (kind == "S"):
+            return value.astype(object)
+    elif value.size == 0 and kind in "biuf":
+        return value.astype(want)
+    elif want.startswith("float"):
+        if kind in "fiu":  # float64 -> float32 rounds, as every float32 model does
+            return value.astype(want)
+    elif want.startswith(("int", "uint")):
+        if kind in "iu":
+            info = np.iinfo(want)
+            low, high = value.min(), value.max()
+            if low >= info.min and high <= info.max:
+                return value.astype(want)
+            bad = low if low < info.min else high
+            raise ValueError(f"input {spec.name!r}: value {bad} does not fit {want}")
+    elif want == "bool" and kind == "b":
+        return value
+    raise ValueError(f"input {spec.name!r}: cannot cast {have} to {want} safely")
+
+
+# -- batching and length-bucketing: pure functions ---------------------------------
+
+
+def sequence_lengths(ids: np.ndarray) -> np.ndarray:
+    """One past the last nonzero id of each row of ``ids`` (0 for a row of padding only).
+
+    Args:
+        ids: integers of shape ``(n, width)``; 0 is padding.
+
+    Returns:
+        int64 array of shape ``(n,)``. Zeros between words count as words:
+        a row is cut only after its last real token.
+    """
+    real = ids != 0
+    width = ids.shape[1]
+    last = width - np.argmax(real[:, ::-1], axis=1)
+    return np.where(real.any(axis=1), last, 0)
+
+
+def plan_chunks(
+    lengths: Sequence[int] | np.ndarray,
+    *,
+    max_work: int = MAX_CALL_WORK,
+    min_work: int = PARALLEL_WORK,
+) -> list[tuple[np.ndarray, int]]:
+    """Group rows into calls, each cut at its longest row: ``[(rows, length), ...]``.
+
+    Work is rows x length, the tokens a call computes on. A batch whose
+    padded work (rows x longest row) is at most ``min_work`` is one call in
+    input order. Larger batches are sorted by length and cut into calls of
+    similar lengths: a call ends where the length grows once it holds
+    ``min_work`` (so calls stay big enough to use the threads, and their fixed
+    cost stays small), and before it would exceed ``max_work``.
+
+    Args:
+        lengths: each row's length (`sequence_lengths`).
+        max_work: most work of a call (a single row may exceed it).
+        min_work: least work of a call before it may end at a length change.
+
+    Returns:
+        Every row index exactly once, as int64 arrays, each with the length
+        its call is cut at: at least 1 and at least the longest of its rows.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
+    n = len(lengths)
+    if n == 0:
+        return []
+    longest = max(int(lengths.max()), 1)
+    if n * longest <= min_work:
+        return [(np.arange(n), longest)]
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = np.maximum(lengths[order], 1).tolist()
+    chunks = []
+    start, top = 0, sorted_lengths[0]
+    for i, length in enumerate(sorted_lengths):
+        rows = i - start
+        if rows and (
+            (i - start + 1) * length > max_work
+            or (length > top and rows * top >= min_work)
+        ):
+            chunks.append((order[start:i], top))
+            start = i
+        top = length
+    chunks.append((order[start:], top))
+    return chunks
+
+
+# -- text classification --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one text.
+
+    Attributes:
+        text: the text as given.
+        label: the predicted label (the most probable one; with one sigmoid
+            unit, the second label when its probability is at least 0.5).
+        probability: the probability of ``label``. (Before keras-attn 0.3,
+            `SentimentPredictor` gave the probability of ``"positive"`` here
+            whatever the label; that is now ``scores["positive"]``.)
+        scores: every label's probability, in the encoder's order; they sum to 1.
+        attention: ``(word, weight)`` for each word the model read, in order:
+            how much the sentence attends to that word (the attention rows of
+            the real words averaged, over the real words only; the weights sum
+            to 1). Unknown words show as ``"[UNK]"``. Empty for a text
+            without any word, or a model without an ``attention`` output.
+        truncated: the text had more words than the model reads (``seq_len``);
+            the words after those were ignored.
+    """
+
+    text: str
+    label: str
+    probability: float
+    scores: dict[str, float] = field(default_factory=dict)
+    attention: tuple[tuple[str, float], ...] = ()
+    truncated: bool = False
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The ``k`` most attended words, highest weight first (ties: earlier word first)."""
+        order = sorted(range(len(self.attention)), key=lambda i: (-self.attention[i][1], i))
+        return [self.attention[i] for i in order[: max(k, 0)]]
+
+    def to_dict(self) -> dict:
+        """Plain types, ready for `json.dumps`."""
+        return {
+            "text": self.text,
+            "label": self.label,
+            "probability": self.probability,
+            "scores": dict(self.scores),
+            "attention": [[word, weight] for word, weight in self.attention],
+            "truncated": self.truncated,
+        }
+
+
+class TextClassifier:
+    """Label texts with an exported text model that carries its encoder.
+
+    The model has one integer input of shape ``(batch, seq_len)`` (the
+    sequence axis fixed to the encoder's ``seq_len`` or dynamic), an output
+    ``probability`` of shape ``(batch, 1)`` (one sigmoid unit, two labels) or
+    ``(batch, k)`` (k softmax units, the encoder's k labels), and optionally
+    ``attention`` of shape ``(batch, L, L)``.
+
+    Args:
+        path: an ``.onnx`` file written by `export.to_onnx` from a model saved
+            with its text encoder.
+        threads: most threads a call may use; ``None`` for what is fastest
+            here (see `OnnxModel`).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file has no text encoder in its metadata or is not
+            such a model (the message says what differs).
+
+    A model whose metadata says ``padding_free`` (`export.to_onnx` checked
+    that every output of a sentence is the same cut after its last word; the
+    sentiment builder's models without Flatten are) runs each row cut after
+    its last word, rows of similar lengths batched together (`plan_chunks`),
+    its attention padded back with zeros: the padded run's outputs, for less
+    work. Other models run as given, in calls of at most `MAX_CALL_WORK`.
+    Safe to share between threads.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+        self.model = OnnxModel(path, threads=threads)
+        self.path = self.model.path
+        encoder_json = self.model.metadata.get(METADATA_ENCODER_KEY)
         if encoder_json is None:
             raise ValueError(
                 f"{self.path} has no text encoder in its metadata: export it with "
@@ -191,48 +451,56 @@ class SentimentPredictor:
             self.encoder = TextEncoder.from_json(encoder_json)
         except ValueError as error:
             raise ValueError(f"{self.path}: unusable text encoder in metadata: {error}") from None
-        self._chunk = int(chunk_size)
         self._check_signature()
 
     def _check_signature(self) -> None:
-        inputs = self._session.get_inputs()
-        if len(inputs) != 1 or inputs[0].type != "tensor(int32)" or len(inputs[0].shape) != 2:
-            found = [(i.name, i.type, i.shape) for i in inputs]
-            raise ValueError(f"{self.path}: expected one int32 input of shape (batch, seq_len), found {found}")
-        self._input = inputs[0].name
+        inputs = self.model.inputs
+        if len(inputs) != 1 or not inputs[0].dtype.startswith(("int", "uint")) or len(inputs[0].shape) != 2:
+            found = ", ".join(map(str, inputs))
+            raise ValueError(f"{self.path}: expected one integer input of shape (batch, seq_len), found {found}")
+        self._input = inputs[0]
         length = inputs[0].shape[1]
-        # A fixed length must be the encoder's; a dynamic one accepts any.
-        if isinstance(length, int) and length != self.encoder.seq_len:
+        if length is not None and length != self.encoder.seq_len:
             raise ValueError(
                 f"{self.path}: the model reads {length} tokens but its encoder writes {self.encoder.seq_len}"
             )
-        self._fixed_length = isinstance(length, int)
-        self._trims = not self._fixed_length and self.metadata.get(METADATA_PADDING_FREE_KEY) == "true"
-        outputs = {o.name: o for o in self._session.get_outputs()}
-        missing = {_PROBABILITY, _ATTENTION} - set(outputs)
-        if missing:
-            raise ValueError(f"{self.path}: missing output(s) {sorted(missing)}; found {sorted(outputs)}")
-        width = outputs[_PROBABILITY].shape[-1] if outputs[_PROBABILITY].shape else None
-        if width != 1 or len(self.encoder.labels) != 2:
+        self._fixed_length = length is not None
+        self._trims = not self._fixed_length and self.model.metadata.get(METADATA_PADDING_FREE_KEY) == "true"
+        outputs = {spec.name: spec for spec in self.model.outputs}
+        if _PROBABILITY not in outputs:
+            raise ValueError(f"{self.path}: no output named 'probability'; found {sorted(outputs)}")
+        shape, k = outputs[_PROBABILITY].shape, len(self.encoder.labels)
+        width = shape[1] if len(shape) == 2 else None
+        if width not in (1, k) or (width == 1 and k != 2):
             raise ValueError(
-                f"{self.path}: expected a probability of shape (batch, 1) and 2 labels, "
-                f"found shape {outputs[_PROBABILITY].shape} and labels {self.encoder.labels}"
+                f"{self.path}: 'probability' must be (batch, 1) for 2 labels or (batch, k) for k labels; "
+                f"found shape {tuple(shape)} and {k} labels {list(self.encoder.labels)}"
             )
-        self._outputs = [_PROBABILITY, _ATTENTION]
+        self._sigmoid = width == 1
+        attention = outputs.get(_ATTENTION)
+        self._has_attention = attention is not None and len(attention.shape) == 3
+        self._outputs = [_PROBABILITY, _ATTENTION] if self._has_attention else [_PROBABILITY]
 
     # -- properties ---------------------------------------------------------
 
     @property
     def labels(self) -> tuple[str, ...]:
+        """The class names, in the order of ``predict_proba``'s columns."""
         return self.encoder.labels
 
     @property
     def seq_len(self) -> int:
+        """Most words the model reads of a text."""
         return self.encoder.seq_len
 
     @property
     def vocab_size(self) -> int:
         return self.encoder.vocab_size
+
+    @property
+    def threads(self) -> int:
+        """Most threads one call uses."""
+        return self.model.threads
 
     # -- inference ----------------------------------------------------------
 
@@ -242,156 +510,99 @@ class SentimentPredictor:
         Args:
             ids: integers of shape ``(n, seq_len)``, each in
                 ``[0, vocab_size)`` (0 is padding). Any integer dtype is
-                accepted and converted to int32. A model with a dynamic
-                sequence axis accepts any width.
+                accepted. A model with a dynamic sequence axis accepts any width.
 
         Returns:
-            ``{"probability": float32 (n, 1), "attention": float32
-            (n, width, width)}``: the model's outputs as they are.
+            ``{"probability": float32 (n, 1) or (n, k)}``, and ``"attention":
+            float32 (n, width, width)`` when the model has it: its outputs as
+            they are.
 
         Raises:
             ValueError: wrong dtype, shape, or an id outside the vocabulary.
-
-        A model that `export.to_onnx` found padding-free (metadata
-        ``padding_free``; the sentiment builder's models are) is run on each
-        row cut after its last real token, rows of similar lengths batched
-        together, and its attention padded back with zeros: the same result
-        as a run on the padded rows, for less work.
         """
-        if (
-            type(ids) is np.ndarray
-            and ids.dtype == np.int32
-            and ids.shape[0] == 1
-            and ids.ndim == 2
-            and 0 < ids.shape[1] <= _ROW_IDS
-            and ids.flags.c_contiguous
-        ):
-            # One encoded sentence: plain Python on its ids is cheaper than
-            # numpy reductions at this size.
-            row = ids.ravel().tolist()
-            if min(row) >= 0 and max(row) < self.vocab_size:
-                if self._trims:
-                    return self._run_trimmed(ids, _length(row))
-                if ids.shape[1] == self.seq_len:
-                    probability, attention = self._session.run(self._outputs, {self._input: ids})
-                    return {_PROBABILITY: probability, _ATTENTION: attention}
-        ids = self._check_ids(ids)
+        return self._run_ids(self._check_ids(ids))
+
+    def _run_ids(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         n, width = ids.shape
         if n == 0:
-            return {
-                _PROBABILITY: np.zeros((0, 1), np.float32),
-                _ATTENTION: np.zeros((0, width, width), np.float32),
-            }
-        if not self._trims:
-            return self._run_fixed(ids)
-        if n == 1:
-            return self._run_trimmed(ids, _length(ids.ravel().tolist()))
-        real = ids != 0
-        if n < _PLAN_ROWS:
-            last = real.any(axis=0).nonzero()[0]
-            return self._run_trimmed(ids, int(last[-1]) + 1 if last.size else 1)
-        # Length of each row up to its last real token (0: all padding).
-        lengths = np.max(real * np.arange(1, width + 1, dtype=np.int32), axis=1)
-        order = np.argsort(lengths, kind="stable")
-        max_rows = self._chunk
-        if self._workers > 1 and n >= _MIN_THREADED_ROWS:  # a chunk for every thread
-            max_rows = min(max_rows, max(-(-n // self._workers), _MIN_PARALLEL_ROWS))
-        chunks = _plan(lengths[order], max_rows)
-        probability = np.empty((n, 1), np.float32)
-        attention = np.zeros((n, width, width), np.float32)
-
-        def run(chunk):
-            start, stop, length = chunk
-            rows = order[start:stop]
-            p, a = self._session.run(self._outputs, {self._input: ids[rows, :length]})
-            probability[rows] = p
-            attention[rows, :length, :length] = a
-
-        self._map(run, chunks)
-        return {_PROBABILITY: probability, _ATTENTION: attention}
-
-    def _run_trimmed(self, ids: np.ndarray, length: int) -> dict[str, np.ndarray]:
-        """One call on ``ids`` cut to ``length`` columns; attention padded back."""
-        n, width = ids.shape
-        if length == width:
-            probability, attention = self._session.run(self._outputs, {self._input: ids})
+            return self._empty(width)
+        if self._trims:
+            chunks = plan_chunks(sequence_lengths(ids))
+            if len(chunks) == 1:  # one call on every row, in order
+                chunks = [(slice(None), chunks[0][1])]
         else:
-            probability, cut = self._session.run(
-                self._outputs, {self._input: np.ascontiguousarray(ids[:, :length])}
-            )
-            attention = np.zeros((n, width, width), np.float32)
-            attention[:, :length, :length] = cut
-        return {_PROBABILITY: probability, _ATTENTION: attention}
+            step = max(MAX_CALL_WORK // width, 1)
+            chunks = [(slice(start, start + step), width) for start in range(0, n, step)]
+        if len(chunks) == 1 and chunks[0][1] == width:
+            return dict(zip(self._outputs, self.model._run(self._outputs, {self._input.name: ids})))
+        results = self._empty(width, n)
+        for rows, length in chunks:
+            part = ids[rows]
+            if length < width:
+                part = np.ascontiguousarray(part[:, :length])
+            out = self.model._run(self._outputs, {self._input.name: part})
+            results[_PROBABILITY][rows] = out[0]
+            if self._has_attention:
+                results[_ATTENTION][rows, :length, :length] = out[1]
+        return results
 
-    def _run_fixed(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Rows as given (not padding-free), in chunks of at most ``chunk_size``."""
-        n, length = ids.shape
-        pieces = -(-n // self._chunk)
-        if self._workers > 1 and n >= _MIN_THREADED_ROWS:
-            pieces = max(pieces, min(self._workers, n // _MIN_PARALLEL_ROWS))
-        if pieces == 1:
-            probability, attention = self._session.run(self._outputs, {self._input: ids})
-            return {_PROBABILITY: probability, _ATTENTION: attention}
-        size = -(-n // pieces)
-        probability = np.empty((n, 1), np.float32)
-        attention = np.empty((n, length, length), np.float32)
-
-        def run(start):
-            stop = start + size
-            p, a = self._session.run(self._outputs, {self._input: ids[start:stop]})
-            probability[start:stop] = p
-            attention[start:stop] = a
-
-        self._map(run, range(0, n, size))
-        return {_PROBABILITY: probability, _ATTENTION: attention}
-
-    def _map(self, run, items) -> None:
-        items = list(items)
-        if self._workers > 1 and len(items) > 1:
-            for _ in self._executor().map(run, items):
-                pass
-        else:
-            for item in items:
-                run(item)
-
-    def _executor(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            with self._pool_lock:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sentiment-onnx")
-        return self._pool
+    def _empty(self, width: int, n: int = 0) -> dict[str, np.ndarray]:
+        k = 1 if self._sigmoid else len(self.labels)
+        out = {_PROBABILITY: np.zeros((n, k), np.float32)}
+        if self._has_attention:
+            out[_ATTENTION] = np.zeros((n, width, width), np.float32)
+        return out
 
     def predict_proba(self, texts: str | Iterable[str]) -> np.ndarray:
-        """Probability of the second label (``"positive"``) per text, shape ``(n,)``.
+        """Each label's probability per text: shape ``(n, k)``, rows summing to 1.
 
-        A single string is one text.
+        Columns follow `labels`. A single string is one text. One sigmoid
+        unit ``p`` gives ``[1 - p, p]``.
         """
-        return self.run_ids(self.encoder.encode(texts))[_PROBABILITY][:, 0]
+        return self._scores(self._run_ids(self.encoder.encode(texts))[_PROBABILITY])
+
+    def _scores(self, probability: np.ndarray) -> np.ndarray:
+        if self._sigmoid:
+            p = probability[:, 0]
+            return np.stack([1 - p, p], axis=1)
+        return probability
 
     def predict(self, texts: str | Iterable[str]) -> list[Prediction]:
         """One `Prediction` per text (a single string is one text)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        else:
-            texts = list(texts)
+        texts = [texts] if isinstance(texts, str) else list(texts)
         ids = self.encoder.encode(texts)
-        outputs = self.run_ids(ids)
-        negative, positive = self.encoder.labels
+        outputs = self._run_ids(ids)
+        scores = self._scores(outputs[_PROBABILITY])
+        if self._sigmoid:
+            best = (outputs[_PROBABILITY][:, 0] >= 0.5).astype(np.int64)
+        else:
+            best = scores.argmax(axis=1)
+        labels = self.labels
+        seq_len = self.seq_len
+        full = ids[:, -1] != 0  # only these can have lost words
+        attention = outputs.get(_ATTENTION)
         results = []
-        for text, row, probability, weights in zip(
-            texts, ids.tolist(), outputs[_PROBABILITY][:, 0], outputs[_ATTENTION]
-        ):
+        for i, (text, row) in enumerate(zip(texts, ids.tolist())):
             words = self.encoder.decode(row)
-            n = len(words)
-            if n:
+            weights = ()
+            if attention is not None and words:
                 # Each real query row sums to 1 over the real keys (padding
                 # keys get exactly 0), so their mean does too.
-                per_word = weights[:n, :n].mean(axis=0, dtype=np.float64)
-                attention = tuple((word, float(w)) for word, w in zip(words, per_word))
-            else:
-                attention = ()
-            p = float(probability)
-            results.append(Prediction(text, positive if p >= 0.5 else negative, p, attention))
+                n = len(words)
+                per_word = attention[i, :n, :n].mean(axis=0, dtype=np.float64)
+                weights = tuple(zip(words, per_word.tolist()))
+            row_scores = scores[i].tolist()
+            label = int(best[i])
+            results.append(
+                Prediction(
+                    text=text,
+                    label=labels[label],
+                    probability=row_scores[label],
+                    scores=dict(zip(labels, row_scores)),
+                    attention=weights,
+                    truncated=bool(full[i]) and len(self.encoder.tokenize(text)) > seq_len,
+                )
+            )
         return results
 
     def _check_ids(self, ids) -> np.ndarray:
@@ -412,51 +623,40 @@ class SentimentPredictor:
             low, high = int(ids.min()), int(ids.max())
             bad = low if low < 0 else high
             raise ValueError(f"id {bad} is outside the vocabulary: ids must be in [0, {self.vocab_size})")
-        if ids.dtype != np.int32 or not ids.flags.c_contiguous:
-            ids = np.ascontiguousarray(ids, dtype=np.int32)
+        want = np.dtype(self._input.dtype)
+        if ids.dtype != want or not ids.flags.c_contiguous:
+            ids = np.ascontiguousarray(ids, dtype=want)
         return ids
 
+    def close(self) -> None:
+        """Release the onnxruntime sessions and their thread pools."""
+        self.model.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def __repr__(self) -> str:
-        return f"SentimentPredictor({str(self.path)!r}, {self.encoder!r})"
+        return f"{type(self).__name__}({str(self.path)!r}, {self.encoder!r})"
 
 
-def _length(row: list[int]) -> int:
-    """One past the last nonzero id of ``row``; at least 1 (an all-padding row)."""
-    try:
-        length = row.index(0)
-    except ValueError:
-        return len(row)
-    if any(row[length:]):  # a word after padding: find the last one
-        length = len(row)
-        while row[length - 1] == 0:
-            length -= 1
-    return max(length, 1)
+class SentimentPredictor(TextClassifier):
+    """The two-label case of `TextClassifier`, as before: `predict_proba` gives P(second label).
 
-
-def _plan(lengths: np.ndarray, max_rows: int) -> list[tuple[int, int, int]]:
-    """``(start, stop, length)`` chunks of rows sorted by ascending ``lengths``.
-
-    Walking up the lengths, a chunk ends where padding its rows to the next
-    longer length would cost more than a call (`_CALL_COST_TOKENS`); chunks of
-    more than ``max_rows`` rows are then cut evenly. ``length`` is the
-    longest row of its chunk, at least 1.
+    Args and Raises: as `TextClassifier`; also ValueError when the model
+    does not have exactly two labels.
     """
-    n = len(lengths)
-    bounds = [0, *(np.flatnonzero(lengths[1:] != lengths[:-1]) + 1).tolist(), n]
-    values = lengths[bounds[:-1]].tolist()
-    spans = []
-    start, top = 0, values[0]
-    for bound, value in zip(bounds[1:-1], values[1:]):
-        # Padding the rows so far from `top` to `value` tokens, or one more call?
-        if (bound - start) * (value - top) * (_SQUARE_TOKENS + value + top) > _CALL_COST_TOKENS * _SQUARE_TOKENS:
-            spans.append((start, bound))
-            start = bound
-        top = value
-    spans.append((start, n))
-    chunks = []
-    for start, stop in spans:
-        size = -(-(stop - start) // -(-(stop - start) // max_rows))
-        for first in range(start, stop, size):
-            last = min(first + size, stop)
-            chunks.append((first, last, max(int(lengths[last - 1]), 1)))
-    return chunks
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+        super().__init__(path, threads=threads)
+        if len(self.labels) != 2:
+            raise ValueError(f"{self.path}: a sentiment model has 2 labels, this one has {list(self.labels)}")
+
+    def predict_proba(self, texts: str | Iterable[str]) -> np.ndarray:
+        """Probability of the second label (``"positive"``) per text, shape ``(n,)``.
+
+        A single string is one text.
+        """
+        return self._run_ids(self.encoder.encode(texts))[_PROBABILITY][:, 0]
