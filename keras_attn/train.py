@@ -433,8 +433,8 @@ def parse_args(argv=None):
         help="labelled texts: .csv, .tsv or .jsonl (a header row or JSON "
         "keys naming the columns); default: the UCI sentences",
     )
-    data.add_argument("--text-column", help="column (JSON key) of the texts (default: text)")
-    data.add_argument("--label-column", help="column (JSON key) of the labels (default: label)")
+    data.add_argument("--text-column", metavar="NAME", help="column (JSON key) of the texts (default: text)")
+    data.add_argument("--label-column", metavar="NAME", help="column (JSON key) of the labels (default: label)")
     data.add_argument("--format", choices=list(FORMATS), help="file format (default: from the suffix)")
     data.add_argument(
         "--labels", metavar="A,B,...",
@@ -442,12 +442,12 @@ def parse_args(argv=None):
         "distinct labels); every label must be one of them",
     )
     data.add_argument(
-        "--data-dir",
+        "--data-dir", metavar="DIR",
         help="without --data: folder with the three UCI *_labelled.txt files "
         "(default: $KERAS_ATTN_DATA, the Keras cache, else a download)",
     )
     parser.add_argument(
-        "--out", default="runs/sentiment",
+        "--out", default="runs/sentiment", metavar="RUN",
         help="output folder (default: runs/sentiment)",
     )
     parser.add_argument(
@@ -489,7 +489,10 @@ def parse_args(argv=None):
                            "pooling": ["flatten", "max", "mean"]}[name]
                 group.add_argument(flag, choices=choices, dest=name, help=text)
             else:
-                group.add_argument(flag, type=type(default), dest=name, help=text)
+                group.add_argument(
+                    flag, type=type(default), dest=name, help=text,
+                    metavar=flag[2:].upper().replace("-", "_"),
+                )
     parser.add_argument(
         "--debug", action="store_true", help="show tracebacks on errors"
     )

@@ -286,3 +286,35 @@ def test_training_command_reproduces_the_bundled_model(tmp_path):
     assert metrics["test_accuracy_by_source"] == bundled["test_accuracy_by_source"]
     assert metrics["best_epoch"] == bundled["best_epoch"]
     assert metrics["test_loss"] == pytest.approx(bundled["test_loss"], rel=1e-4)
+
+
+def test_quality_report_states_mean_std_and_the_goal():
+    from benchmarks.quality import report
+
+    rows = lambda values: [{"seed": i, "accuracy": v, "macro_f1": v} for i, v in enumerate(values)]  # noqa: E731
+    text = report({"site": {"ours": rows([0.8, 0.9, 0.85]), "baseline": rows([0.86, 0.86, 0.86])}})
+    assert f"| {np.mean([0.8, 0.9, 0.85]):.3f} +- {np.std([0.8, 0.9, 0.85], ddof=1):.3f} |" in text
+    assert "**FAIL** site: our mean macro-F1 0.850 vs baseline 0.860" in text
+
+
+def test_quality_baseline_learns_the_deciding_word():
+    from benchmarks.quality import baseline_predictions
+
+    rows = ticket_rows(150)
+    labels = np.array([list(TOPICS).index(team) for _, _, team in rows])
+    order = np.arange(150)
+    predicted, c = baseline_predictions([text for _, text, _ in rows], labels,
+                                        order[:100], order[100:120], order[120:])
+    assert np.mean(predicted == labels[120:]) >= 0.9 and c > 0
+
+
+@pytest.mark.skipif(not os.environ.get("KERAS_ATTN_DATA"), reason="KERAS_ATTN_DATA is not set")
+def test_quality_site_task_labels_each_sentence_with_its_file():
+    from benchmarks.quality import site_task
+    from keras_attn.data import load_sentences
+
+    sentences = load_sentences()
+    site = site_task(sentences)
+    assert site.classes == ("amazon", "imdb", "yelp")
+    assert [site.classes[i] for i in site.labels] == sentences.sources
+    assert site.texts == sentences.texts and site.sources is None
