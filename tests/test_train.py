@@ -66,6 +66,9 @@ def ticket_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tickets")
     rows = ticket_rows()
     rows.insert(40, ("999", "a ticket nobody labelled", ""))
+    # Texts the data layer and the model must take: empty, long, odd Unicode.
+    rows.append(("1000", "", "tech"))
+    rows.append(("1001", "price \u2028 日本語 🙂 \x85 " + "quote " * 5000, "sales"))
     data = write_csv(folder / "tickets.csv", rows)
     out = folder / "run"
     status = main([
@@ -96,8 +99,9 @@ def test_user_csv_run_writes_everything(ticket_run):
     assert metrics["classes"] == ["billing", "sales", "tech"]  # sorted
     assert metrics["seed"] == 3
     assert metrics["data"]["skipped_empty_labels"] == 1
-    # 60 rows a class: 6 held out for test, then 5 (round(5.4)) for validation.
-    assert metrics["sizes"] == {"train": 147, "validation": 15, "test": 18}
+    # 60, 61, 61 rows: 6 held out for test each, then round(5.4) = 5 and
+    # round(5.5) = 6 twice for validation.
+    assert metrics["sizes"] == {"train": 147, "validation": 17, "test": 18}
     assert metrics["options"]["test_fraction"] == metrics["options"]["validation_fraction"] == 0.1
     history = json.loads((out / "history.json").read_text())
     assert len(history["loss"]) == metrics["epochs_run"]
