@@ -140,10 +140,21 @@ def report(results) -> str:
                 f"| {f1.mean():.3f} +- {f1.std(ddof=1) if len(rows) > 1 else 0:.3f} "
                 f"| {' '.join(f'{v:.3f}' for v in f1)} |"
             )
-        ours = np.mean([r["macro_f1"] for r in by_model["ours"]])
-        base = np.mean([r["macro_f1"] for r in by_model["baseline"]])
-        verdict = "PASS" if ours >= base else "FAIL"
-        lines += ["", f"- **{verdict}** {task}: our mean macro-F1 {ours:.3f} vs baseline {base:.3f} (goal: >=)", ""]
+        ours = np.array([r["macro_f1"] for r in by_model["ours"]])
+        base = np.array([r["macro_f1"] for r in by_model["baseline"]])
+        verdict = "PASS" if ours.mean() >= base.mean() else "FAIL"
+        # Same split per seed: the paired differences say how sure the order is.
+        difference = ours - base
+        chosen = " ".join(f"{r['C']:g}" for r in by_model["baseline"] if "C" in r) or "-"
+        lines += [
+            "",
+            f"- **{verdict}** {task}: our mean macro-F1 {ours.mean():.3f} vs baseline "
+            f"{base.mean():.3f} (goal: >=)",
+            f"- ours - baseline by seed: {' '.join(f'{d:+.3f}' for d in difference)} "
+            f"({int((difference > 0).sum())} of {len(difference)} seeds ahead); baseline C by seed: "
+            f"{chosen}",
+            "",
+        ]
     return "\n".join(lines)
 
 
