@@ -322,3 +322,37 @@ def test_quality_site_task_labels_each_sentence_with_its_file():
     assert site.classes == ("amazon", "imdb", "yelp")
     assert [site.classes[i] for i in site.labels] == sentences.sources
     assert site.texts == sentences.texts and site.sources is None
+
+
+def drawn_figure(monkeypatch):
+    """Keeps the figure a plot function would close, to look at what it drew."""
+    import keras_attn.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    return plots, figures
+
+
+def test_attention_panels_span_their_own_range_with_a_labelled_colour_bar(tmp_path, monkeypatch):
+    plots, figures = drawn_figure(monkeypatch)
+    narrow = np.array([[0.15, 0.23], [0.2, 0.17]])
+    wide = np.array([[0.9, 0.1], [0.4, 0.6]])
+    plots.plot_attention([("a", ["x", "y"], narrow), ("b", ["u", "v"], wide)], tmp_path / "a.png")
+    fig = figures[0]
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert [tuple(image.get_clim()) for image in images] == [(0.15, 0.23), (0.1, 0.9)]
+    bars = [ax for ax in fig.axes if not ax.images]
+    assert [bar.get_ylabel() for bar in bars] == ["attention weight"] * 2
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_confusion_plot_labels_axes_and_counts_every_cell(tmp_path, monkeypatch):
+    plots, figures = drawn_figure(monkeypatch)
+    counts = np.array([[5, 1, 0], [2, 7, 1], [0, 0, 9]])
+    plots.plot_confusion(counts, ["billing", "sales", "tech"], tmp_path / "c.png")
+    ax = figures[0].axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("predicted class", "true class")
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["billing", "sales", "tech"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["billing", "sales", "tech"]
+    cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    assert cells == {(i, j): str(counts[i, j]) for i in range(3) for j in range(3)}
