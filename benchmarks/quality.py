@@ -31,7 +31,7 @@ __all__ = ["TASKS", "main", "site_task", "baseline_predictions"]
 
 TASKS = ("sentiment", "site")
 #: The baseline's inverse regularisation strengths, chosen on validation macro-F1.
-C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
 
 def site_task(sentences):
