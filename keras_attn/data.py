@@ -27,6 +27,7 @@ __all__ = [
     "DATA_ENV_VAR",
     "FILES",
     "FORMATS",
+    "SENTIMENT_CLASSES",
     "URL",
     "DataError",
     "LabelledTexts",
