@@ -356,3 +356,40 @@ def test_confusion_plot_labels_axes_and_counts_every_cell(tmp_path, monkeypatch)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["billing", "sales", "tech"]
     cells = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
     assert cells == {(i, j): str(counts[i, j]) for i in range(3) for j in range(3)}
+
+
+@pytest.mark.slow
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    import pty
+    import threading
+
+    data = write_csv(tmp_path / "t.csv", ticket_rows(60))
+    primary, terminal = pty.openpty()
+    shown = bytearray()
+
+    def read_terminal():
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the terminal closed
+                return
+            if not chunk:
+                return
+            shown.extend(chunk)
+
+    reader = threading.Thread(target=read_terminal, daemon=True)
+    reader.start()
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_attn.train", "--data", str(data), "--text-column", "body",
+         "--label-column", "team", "--epochs", "1", "--out", str(tmp_path / "run")],
+        stdout=subprocess.PIPE, stderr=terminal, check=True, timeout=300,
+    )
+    os.close(terminal)
+    reader.join(timeout=10)
+    os.close(primary)
+    # stderr is a terminal: Keras's progress bar (redrawn with escape codes).
+    assert b"/step - accuracy" in shown and b"\x1b[" in shown
+    # stdout is a pipe: the two result lines, plain text.
+    lines = result.stdout.decode().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("data: ") and lines[1].startswith("test accuracy")
+    assert "\x1b" not in result.stdout.decode()
