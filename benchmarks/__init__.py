@@ -3,14 +3,16 @@
     python -m benchmarks                 # full run, a few minutes on 2 cores
     python -m benchmarks --quick         # about a minute
     python -m benchmarks --model my.keras --json out.json
+    python -m benchmarks.threads model.onnx   # the sweeps behind export.runtime's constants
 
 One process times, on the same encoded sentences, Keras ``model.predict``,
 an eager ``model(x)``, a warmed-up ``tf.function`` (the TensorFlow
-baseline every ratio is taken against), Keras's own ONNX export on a default
-onnxruntime session, and `export.runtime.SentimentPredictor` on the fp32 and
-int8 files written by `export.to_onnx.convert`. Cold starts run in new
-processes. A markdown report goes to stdout, progress to stderr and every
-number to a JSON file. See `benchmarks.cli` for the options.
+baseline every ratio is taken against), Keras's own ONNX export and our file
+on default onnxruntime sessions, and `export.runtime` on the fp32 and int8
+files written by `export.to_onnx.convert`; then half-length rows, dense rows
+and the tutorial's Flatten model. Cold starts run in new processes. A
+markdown report goes to stdout and progress to stderr; every number goes to a
+JSON file only with ``--json PATH``. See `benchmarks.cli` for the options.
 
 Importing this package is cheap: TensorFlow is imported only when a run starts.
 """

@@ -7,30 +7,27 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["REPO", "SHARED_DATA", "load_texts", "resolve_model"]
+__all__ = ["REPO", "filled_ids", "generated_texts", "load_texts", "resolve_model"]
 
 REPO = Path(__file__).resolve().parent.parent
-#: Where the data set is looked for when $KERAS_ATTN_DATA is not set.
-SHARED_DATA = Path("/work/shared/data/sentiment_labelled_sentences")
 
 
 def load_texts(data_dir=None) -> tuple[list[str], str]:
     """The real review sentences and where they came from, or ``([], reason)``.
 
-    Never downloads: ``data_dir``, then ``$KERAS_ATTN_DATA``, then `SHARED_DATA`.
+    Never downloads: ``data_dir``, else ``$KERAS_ATTN_DATA``; with neither, or
+    a folder that cannot be read, ``[]`` and the reason (the caller then
+    generates sentences).
     """
     from keras_attn.data import DATA_ENV_VAR, load_sentences
 
-    candidates = [data_dir, os.environ.get(DATA_ENV_VAR), SHARED_DATA, REPO.parent / "shared/data/sentiment_labelled_sentences"]
-    reasons = []
-    for folder in candidates:
-        if not folder:
-            continue
-        try:
-            return load_sentences(folder).texts, f"data set at {folder}"
-        except Exception as error:  # noqa: BLE001 - fall back to generated sentences
-            reasons.append(f"{folder}: {error}")
-    return [], "; ".join(reasons) or "no data folder"
+    folder = data_dir or os.environ.get(DATA_ENV_VAR)
+    if not folder:
+        return [], f"no --data and no ${DATA_ENV_VAR}"
+    try:
+        return load_sentences(folder).texts, f"data set at {folder}"
+    except Exception as error:  # noqa: BLE001 - fall back to generated sentences
+        return [], f"{folder}: {error}"
 
 
 def generated_texts(vocabulary, n: int = 3000, seed: int = 0) -> list[str]:
@@ -38,6 +35,14 @@ def generated_texts(vocabulary, n: int = 3000, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     words = list(vocabulary) + ["zyxxq"]
     return [" ".join(rng.choice(words, size=int(rng.integers(3, 31)))) for _ in range(n)]
+
+
+def filled_ids(encoder, rows: int, words: int, seed: int = 0) -> np.ndarray:
+    """``rows`` encoded rows of exactly ``words`` real tokens each (the rest padding)."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((rows, encoder.seq_len), np.int32)
+    ids[:, :words] = rng.integers(2, encoder.vocab_size, (rows, words))
+    return ids
 
 
 def resolve_model(path, workdir: Path, texts: list[str], say) -> tuple[Path, str]:

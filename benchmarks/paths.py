@@ -1,21 +1,30 @@
-"""The inference paths under test: each is ``ids -> numpy outputs`` for one batch."""
+"""The inference paths under test: each is ``(ids, texts) -> probability`` (numpy) for one batch."""
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BASELINE", "build_paths"]
+__all__ = ["BASELINE", "KERAS_ONNX", "ORT_DEFAULT", "RUNTIME", "build_paths"]
 
 #: The path every ratio is taken against: the fastest plain TensorFlow one.
 BASELINE = "tf.function"
+#: Keras's own `model.export(format="onnx")` file on a default InferenceSession.
+KERAS_ONNX = "keras onnx (ort default)"
+#: Our exported file on a default InferenceSession: what the runtime adds over plain onnxruntime.
+ORT_DEFAULT = "our file (ort default)"
+#: `export.runtime` with its defaults on our file.
+RUNTIME = "runtime fp32"
 
 
-def build_paths(model, keras_onnx: str, ours_fp32: str, ours_int8: str | None, threads=None) -> dict:
+def build_paths(model, keras_onnx: str, ours_fp32: str, ours_int8: str | None = None, *, threads=None,
+                full: bool = True) -> dict:
     """``{name: callable(ids, texts)}``; every callable returns the probability as numpy.
 
     All paths get the same int32 ids (and the texts they were encoded from,
-    which only ``runtime text`` reads) and hand back numpy outputs, so
+    which only ``runtime fp32 text`` reads) and hand back numpy outputs, so
     TensorFlow's tensor conversions are counted as onnxruntime's are.
+    ``full=False`` keeps the paths the comparison targets need: tf.function,
+    the two files on default sessions and the runtime.
     """
     import onnxruntime as ort
     import tensorflow as tf
@@ -43,28 +52,31 @@ def build_paths(model, keras_onnx: str, ours_fp32: str, ours_int8: str | None, t
         out["attention"].numpy()
         return out["probability"].numpy()
 
-    session = ort.InferenceSession(keras_onnx, ort.SessionOptions(), providers=["CPUExecutionProvider"])
-    feed = session.get_inputs()[0].name
-    # Its outputs are named after the graph, not the model: pick the (batch, 1) one.
-    which = next(i for i, o in enumerate(session.get_outputs()) if len(o.shape) == 2)
-
-    def keras_onnx_run(ids, texts):
-        return session.run(None, {feed: ids})[which]
+    def default_session(path):
+        """A plain InferenceSession with default options; every output fetched, the probability returned."""
+        session = ort.InferenceSession(path, ort.SessionOptions(), providers=["CPUExecutionProvider"])
+        feed = session.get_inputs()[0].name
+        # Keras's file names outputs after the graph, not the model: pick the (batch, 1) one.
+        which = next(i for i, o in enumerate(session.get_outputs()) if len(o.shape) == 2)
+        return lambda ids, texts: session.run(None, {feed: ids})[which]
 
     fp32 = SentimentPredictor(ours_fp32, threads=threads)
-    paths = {
-        "keras predict": keras_predict,
-        "keras eager": eager,
-        BASELINE: tf_function,
-        "keras onnx (ort default)": keras_onnx_run,
-        "runtime fp32": lambda ids, texts: fp32.run_ids(ids)["probability"],
-    }
+    paths = {}
+    if full:
+        paths["keras predict"] = keras_predict
+        paths["keras eager"] = eager
+    paths[BASELINE] = tf_function
+    paths[KERAS_ONNX] = default_session(keras_onnx)
+    paths[ORT_DEFAULT] = default_session(ours_fp32)
+    paths[RUNTIME] = lambda ids, texts: fp32.run_ids(ids)["probability"]
+    if not full:
+        return paths
     if ours_int8:
         int8 = SentimentPredictor(ours_int8, threads=threads)
         paths["runtime int8"] = lambda ids, texts: int8.run_ids(ids)["probability"]
     if threads != 1:
         # Diagnostic, not used by the targets: everything on one core, to show
-        # what parallelism buys (or costs when other processes hold the cores).
+        # what the threads buy (or cost when other processes hold the cores).
         single = SentimentPredictor(ours_fp32, threads=1)
         paths["runtime fp32 1 thread"] = lambda ids, texts: single.run_ids(ids)["probability"]
     # Raw text in: the encoder's work is part of the timing.

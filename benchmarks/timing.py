@@ -29,13 +29,22 @@ class Progress:
             print(f"{message}  ({elapsed:.0f}s)", file=self.stream, flush=True)
 
 
+#: Pause before each path's turn. onnxruntime's intra-op pools (default
+#: sessions) and TensorFlow's keep their threads spinning for a while after a
+#: call; without a pause the next path paid for them: the runtime on 1024
+#: half-length rows ran at 16.6k sentences/s right after a default session
+#: against 30.1k alone, and at 38.5k against 45.3k after a 50 ms pause
+#: (2026-11-28, load average 5).
+SETTLE_S = 0.05
+
+
 def time_batch(paths: dict, ids, texts, *, budget_s: float, rounds: int, min_calls: int, warmup: int = 2,
-               progress: Progress | None = None, label: str = "") -> dict[str, list[list[float]]]:
+               progress: Progress | None = None, label: str = "", settle_s: float = SETTLE_S) -> dict[str, list[list[float]]]:
     """Seconds per call of each path on one batch, one list per round.
 
     Every path is warmed up, then the paths take turns for ``rounds`` rounds,
     each getting about ``budget_s / rounds`` seconds a round and at least
-    ``min_calls`` calls in all.
+    ``min_calls`` calls in all, after a pause of ``settle_s`` (`SETTLE_S`).
     """
     for run in paths.values():
         for _ in range(warmup):
@@ -47,6 +56,7 @@ def time_batch(paths: dict, ids, texts, *, budget_s: float, rounds: int, min_cal
         if progress is not None:
             progress.step(f"{label}, round {r + 1}/{rounds}")
         for name, run in paths.items():
+            time.sleep(settle_s)
             spent, calls, times = 0.0, 0, []
             samples[name].append(times)
             while calls < calls_per_round or spent < per_round:

@@ -26,7 +26,9 @@ It reads top-down, in layers:
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,20 +62,30 @@ METADATA_ENCODER_KEY = "text_encoder"
 METADATA_PADDING_FREE_KEY = "padding_free"
 
 #: Work of a call (elements of its largest input: rows x tokens for a text
-#: model) from which onnxruntime's intra-op threads pay for themselves; smaller
-#: calls run on one thread. Measured on 2 cores with the bundled model and the
-#: tutorial's Flatten model (`benchmarks/threads.py` sweeps rows x length,
-#: one thread against all cores, interleaved): one thread wins at 512 tokens
-#: of work (0.51 against 0.59 ms), they tie at 320-640, and two threads win from
-#: 1280 (0.88 against 1.27 ms) on; the crossing lies near 1000 on both models.
+#: model) from which it pays to use more than one thread; smaller calls run on
+#: one. Measured with `python -m benchmarks.threads` on the bundled model and
+#: the tutorial's Flatten model (2 cores, 2026-11-28, one single-threaded call
+#: against the rows cut in two calls side by side, interleaved): at load
+#: average ~1.3, side by side won from 512 tokens on (0.49 against 0.51 ms at
+#: 64 x 8, 0.78 against 1.27 ms at 64 x 20); at load average 5.5 (other
+#: processes holding the second core) it lost up to 1024 (0.83 against 0.74
+#: ms at 128 x 8) and won from 2048 (1.53 against 1.63 ms). A call's fixed
+#: cost of handing work to a thread is 50-100 us, about 100 tokens here.
 PARALLEL_WORK = 1024
 
-#: Most work (rows x tokens) one call of a text model gets: larger batches are
-#: cut into calls of about this much. On 1024 dense 40-token rows, calls of 64
-#: rows (2560 tokens) took 18-21 ms, 128 rows 18-22, 256 rows 19-24, one call
-#: of 1024 rows 26-30 ms (the activations of a large call leave the caches:
-#: the attention alone is 6.4 KiB a row at 40 tokens).
-MAX_CALL_WORK = 4096
+#: Most work (rows x tokens) one call of a text model gets: bigger batches
+#: are cut into calls of about this much. 1024 dense 40-token rows of the
+#: bundled model in calls of 16, 32, 64, 128, 256 and 512 rows, side by side
+#: on 2 threads: 48, 51, 71, 73, 86 and 95 ms (load average 5.5), and earlier
+#: at load 1.3 18.5 ms for 64 rows, 22 for 128, 26 for 256, 30 for 512: a big
+#: call's activations leave the caches (the attention alone is 6.4 KiB a row
+#: at 40 tokens), while calls under ~500 tokens pay their fixed cost.
+MAX_CALL_WORK = 2048
+
+#: A single row of up to this many ids is checked with Python's min/max on a
+#: list: 1.9 us against 1.4 us for the numpy reduction alone at 40 ids, but
+#: 3.2 us at 80 and 23 us at 640.
+_ROW_IDS = 64
 
 _PROBABILITY = "probability"
 _ATTENTION = "attention"
@@ -150,11 +162,10 @@ class OnnxModel:
     Args:
         path: the ``.onnx`` file.
         threads: most threads one call may use. ``None`` means the cores
-            this process may use (`usable_cores`). Calls whose work (the
-            element count of their largest input: rows x tokens for a text
-            model) is below `PARALLEL_WORK` run on one thread, larger ones on
-            all of them: onnxruntime's intra-op threads cost more than they
-            save on small calls.
+            this process may use (`usable_cores`). A call whose work (the
+            element count of its largest input: rows x tokens for a text
+            model) is below `PARALLEL_WORK` runs on one thread, a larger one
+            on all of them: threads cost more than they save on small calls.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -163,7 +174,7 @@ class OnnxModel:
 
     One model may be shared between threads (`onnxruntime.InferenceSession.run`
     is thread-safe and the object holds no per-call state). `close` (or a
-    ``with`` block) releases its sessions and their thread pools.
+    ``with`` block) releases its sessions and thread pools.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
@@ -172,12 +183,16 @@ class OnnxModel:
         self.path = Path(path)
         cores = usable_cores()
         self.threads = cores if threads is None else min(int(threads), cores)
-        self._single = open_session(self.path, threads=1)
-        # A second session whose runs use every allowed core, for big calls.
-        self._parallel = open_session(self.path, threads=self.threads) if self.threads > 1 else self._single
-        self.metadata: dict[str, str] = dict(self._single.get_modelmeta().custom_metadata_map)
-        self.inputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in self._single.get_inputs())
-        self.outputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in self._single.get_outputs())
+        self._session = open_session(self.path, threads=1)
+        # Opened on first use: a session whose runs use every allowed core
+        # (for big calls of `run`), and a pool running independent
+        # single-threaded calls side by side (for `_run_many`).
+        self._parallel_session = None
+        self._pool = None
+        self._lock = threading.Lock()
+        self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
+        self.inputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in self._session.get_inputs())
+        self.outputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in self._session.get_outputs())
         self._input_specs = {spec.name: spec for spec in self.inputs}
         self._output_names = [spec.name for spec in self.outputs]
 
@@ -196,11 +211,20 @@ class OnnxModel:
         Raises:
             ValueError: a missing or unknown input, a wrong rank, a fixed
                 dimension that does not match, or a dtype that cannot be cast
-                safely; an unknown output name. One line naming the input.
+                safely; an unknown output name; a closed model. One line,
+                naming the input.
+
+        A call of `PARALLEL_WORK` or more runs on onnxruntime's intra-op
+        threads (the graph's ops split across cores), which is right for any
+        model; `TextClassifier` instead runs its independent rows as separate
+        single-threaded calls side by side (`OnnxModel._run_many`), which holds up better
+        when other processes share the cores.
         """
         checked = self.check_feeds(feeds)
         names = self._output_names if outputs is None else self._check_outputs(outputs)
-        return dict(zip(names, self._run(names, checked)))
+        work = max((value.size for value in checked.values()), default=0)
+        session = self._parallel() if work >= PARALLEL_WORK and self.threads > 1 else self._open()
+        return dict(zip(names, session.run(names, checked)))
 
     def check_feeds(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
         """``feeds`` as onnxruntime takes them: checked and safely cast (see `run`).
@@ -220,26 +244,67 @@ class OnnxModel:
             checked[spec.name] = _check_feed(spec, feeds[spec.name])
         return checked
 
+    def _run_many(self, function, items: Sequence, *, parallel: bool = True) -> None:
+        """Call ``function(item)`` for each item; with ``parallel``, side by side on up to `threads` threads.
+
+        For independent calls of `_run_checked` (each on one thread): the
+        cores stay busy without onnxruntime's per-op synchronisation. Returns
+        when all are done; the first exception raised is raised here.
+        """
+        if not parallel or self.threads == 1 or len(items) < 2:
+            for item in items:
+                function(item)
+            return
+        for _ in self._executor().map(function, items):
+            pass
+
+    def _run_checked(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """onnxruntime's own ``run`` on one thread, for feeds already checked (`check_feeds`)."""
+        session = self._session  # None once closed
+        if session is None:
+            raise ValueError(f"{self!r} is closed")
+        return session.run(names, feeds)
+
     def _check_outputs(self, outputs: Sequence[str]) -> list[str]:
-        if isinstance(outputs, str):
-            outputs = [outputs]
-        names = list(outputs)
+        names = [outputs] if isinstance(outputs, str) else list(outputs)
         for name in names:
             if name not in self._output_names:
                 raise ValueError(f"unknown output {name!r}: the model's outputs are {self._output_names}")
         return names
 
-    def _run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """onnxruntime on checked feeds: one thread for small work, all allowed cores for big."""
-        work = max((value.size for value in feeds.values()), default=0)
-        session = self._parallel if work >= PARALLEL_WORK else self._single
+    def _open(self):
+        if self._session is None:
+            raise ValueError(f"{self!r} is closed")
+        return self._session
+
+    def _parallel(self):
+        if self._parallel_session is None:
+            with self._lock:
+                if self._parallel_session is None and self._session is not None:
+                    self._parallel_session = open_session(self.path, threads=self.threads)
+        session = self._parallel_session  # None once closed
         if session is None:
             raise ValueError(f"{self!r} is closed")
-        return session.run(names, feeds)
+        return session
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None and self._session is not None:
+                    self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx-model")
+        pool = self._pool  # None once closed
+        if pool is None:
+            raise ValueError(f"{self!r} is closed")
+        return pool
 
     def close(self) -> None:
-        """Release the sessions and their thread pools; the model cannot run afterwards."""
-        self._single = self._parallel = None
+        """Release the sessions and thread pools; the model cannot run afterwards."""
+        with self._lock:
+            self._session = None
+            pool, self._pool = self._pool, None
+            self._parallel_session = None
+        if pool is not None:
+            pool.shutdown(wait=True)
 
     def __enter__(self) -> OnnxModel:
         return self
@@ -372,9 +437,9 @@ class Prediction:
         text: the text as given.
         label: the predicted label (the most probable one; with one sigmoid
             unit, the second label when its probability is at least 0.5).
-        probability: the probability of ``label``. (Before keras-attn 0.3,
-            `SentimentPredictor` gave the probability of ``"positive"`` here
-            whatever the label; that is now ``scores["positive"]``.)
+        probability: the probability of ``label``. (Changed: `SentimentPredictor`
+            used to give the probability of ``"positive"`` here whatever the
+            label; that value is now ``scores["positive"]``.)
         scores: every label's probability, in the encoder's order; they sum to 1.
         attention: ``(word, weight)`` for each word the model read, in order:
             how much the sentence attends to that word (the attention rows of
@@ -388,7 +453,7 @@ class Prediction:
     text: str
     label: str
     probability: float
-    scores: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict, hash=False)
     attention: tuple[tuple[str, float], ...] = ()
     truncated: bool = False
 
@@ -451,6 +516,7 @@ class TextClassifier:
             self.encoder = TextEncoder.from_json(encoder_json)
         except ValueError as error:
             raise ValueError(f"{self.path}: unusable text encoder in metadata: {error}") from None
+        self._seq_len, self._vocab_size = self.encoder.seq_len, self.encoder.vocab_size
         self._check_signature()
 
     def _check_signature(self) -> None:
@@ -459,6 +525,7 @@ class TextClassifier:
             found = ", ".join(map(str, inputs))
             raise ValueError(f"{self.path}: expected one integer input of shape (batch, seq_len), found {found}")
         self._input = inputs[0]
+        self._input_dtype = np.dtype(inputs[0].dtype)
         length = inputs[0].shape[1]
         if length is not None and length != self.encoder.seq_len:
             raise ValueError(
@@ -520,30 +587,73 @@ class TextClassifier:
         Raises:
             ValueError: wrong dtype, shape, or an id outside the vocabulary.
         """
+        if (
+            type(ids) is np.ndarray
+            and ids.dtype == self._input_dtype
+            and ids.shape[0] == 1
+            and ids.ndim == 2
+            and 0 < ids.shape[1] <= _ROW_IDS
+            and (not self._fixed_length or ids.shape[1] == self._seq_len)
+            and ids.flags.c_contiguous
+        ):
+            # One encoded sentence: Python's min/max on its list is cheaper
+            # than numpy's reductions at this size.
+            row = ids[0].tolist()
+            if min(row) >= 0 and max(row) < self._vocab_size:
+                return self._run_row(ids, row)
         return self._run_ids(self._check_ids(ids))
 
     def _run_ids(self, ids: np.ndarray) -> dict[str, np.ndarray]:
         n, width = ids.shape
         if n == 0:
             return self._empty(width)
+        if n == 1:
+            return self._run_row(ids, ids[0].tolist())
+        threads = self.model.threads
         if self._trims:
-            chunks = plan_chunks(sequence_lengths(ids))
+            lengths = sequence_lengths(ids)
+            work = int(lengths.sum()) + n  # rows cut after their last word: about the work left
+            # Once the work is worth sharing, at least a call for every thread.
+            max_work = MAX_CALL_WORK if work < PARALLEL_WORK else min(MAX_CALL_WORK, -(-work // threads))
+            chunks = plan_chunks(lengths, max_work=max_work, min_work=min(PARALLEL_WORK, max_work))
             if len(chunks) == 1:  # one call on every row, in order
                 chunks = [(slice(None), chunks[0][1])]
         else:
-            step = max(MAX_CALL_WORK // width, 1)
+            work = n * width
+            max_work = MAX_CALL_WORK if work < PARALLEL_WORK else min(MAX_CALL_WORK, -(-work // threads))
+            step = max(max_work // width, 1)
             chunks = [(slice(start, start + step), width) for start in range(0, n, step)]
+        feed = self._input.name
         if len(chunks) == 1 and chunks[0][1] == width:
-            return dict(zip(self._outputs, self.model._run(self._outputs, {self._input.name: ids})))
+            return dict(zip(self._outputs, self.model._run_checked(self._outputs, {feed: ids})))
         results = self._empty(width, n)
-        for rows, length in chunks:
+        probability = results[_PROBABILITY]
+        attention = results.get(_ATTENTION)
+
+        def run(chunk):
+            rows, length = chunk
             part = ids[rows]
             if length < width:
                 part = np.ascontiguousarray(part[:, :length])
-            out = self.model._run(self._outputs, {self._input.name: part})
-            results[_PROBABILITY][rows] = out[0]
-            if self._has_attention:
-                results[_ATTENTION][rows, :length, :length] = out[1]
+            out = self.model._run_checked(self._outputs, {feed: part})
+            probability[rows] = out[0]
+            if attention is not None:
+                attention[rows, :length, :length] = out[1]
+
+        self.model._run_many(run, chunks, parallel=work >= PARALLEL_WORK)
+        return results
+
+    def _run_row(self, ids: np.ndarray, row: list[int]) -> dict[str, np.ndarray]:
+        """One checked row: the per-call overhead is what batch 1 measures, so no planning."""
+        width = len(row)
+        length = _row_length(row) if self._trims else width
+        if length == width:
+            return dict(zip(self._outputs, self.model._run_checked(self._outputs, {self._input.name: ids})))
+        out = self.model._run_checked(self._outputs, {self._input.name: ids[:, :length]})
+        results = {_PROBABILITY: out[0]}
+        if self._has_attention:
+            results[_ATTENTION] = attention = np.zeros((1, width, width), np.float32)
+            attention[:, :length, :length] = out[1]
         return results
 
     def _empty(self, width: int, n: int = 0) -> dict[str, np.ndarray]:
@@ -580,17 +690,23 @@ class TextClassifier:
         labels = self.labels
         seq_len = self.seq_len
         full = ids[:, -1] != 0  # only these can have lost words
-        attention = outputs.get(_ATTENTION)
+        per_word = None
+        if _ATTENTION in outputs:
+            # The mean attention row over each text's real words, for all texts
+            # at once (one batched product instead of a slice per text). The
+            # encoder writes a text's words first, so they fill its first n places.
+            attention = outputs[_ATTENTION]
+            words_per_row = np.count_nonzero(ids, axis=1)
+            real = (np.arange(ids.shape[1]) < words_per_row[:, None]).astype(attention.dtype)
+            per_word = (real[:, None, :] @ attention)[:, 0, :] / np.maximum(words_per_row, 1)[:, None]
         results = []
         for i, (text, row) in enumerate(zip(texts, ids.tolist())):
             words = self.encoder.decode(row)
             weights = ()
-            if attention is not None and words:
+            if per_word is not None and words:
                 # Each real query row sums to 1 over the real keys (padding
                 # keys get exactly 0), so their mean does too.
-                n = len(words)
-                per_word = attention[i, :n, :n].mean(axis=0, dtype=np.float64)
-                weights = tuple(zip(words, per_word.tolist()))
+                weights = tuple(zip(words, per_word[i, : len(words)].tolist()))
             row_scores = scores[i].tolist()
             label = int(best[i])
             results.append(
@@ -623,7 +739,7 @@ class TextClassifier:
             low, high = int(ids.min()), int(ids.max())
             bad = low if low < 0 else high
             raise ValueError(f"id {bad} is outside the vocabulary: ids must be in [0, {self.vocab_size})")
-        want = np.dtype(self._input.dtype)
+        want = self._input_dtype
         if ids.dtype != want or not ids.flags.c_contiguous:
             ids = np.ascontiguousarray(ids, dtype=want)
         return ids
@@ -640,6 +756,14 @@ class TextClassifier:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, {self.encoder!r})"
+
+
+def _row_length(row: list[int]) -> int:
+    """One past the last nonzero id of ``row``; at least 1 (a call needs a column)."""
+    length = len(row)
+    while length > 1 and row[length - 1] == 0:
+        length -= 1
+    return length
 
 
 class SentimentPredictor(TextClassifier):

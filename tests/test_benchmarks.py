@@ -1,11 +1,14 @@
 """The benchmark harness runs end to end in its smallest mode; no speed is asserted."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow  # every test here starts a process
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,7 +32,7 @@ def test_json_has_every_figure(smoke):
     for key in ("machine", "model", "data", "flops", "matmul", "export", "files", "paths", "cold_start", "targets"):
         assert key in results, key
     assert {"date", "cpu", "cores", "python", "onnxruntime", "tensorflow"} <= set(results["machine"])
-    expected = {"keras predict", "keras eager", "tf.function", "keras onnx (ort default)",
+    expected = {"keras predict", "keras eager", "tf.function", "keras onnx (ort default)", "our file (ort default)",
                 "runtime fp32", "runtime int8", "runtime fp32 1 thread", "runtime fp32 text"}
     assert set(results["paths"]) == expected
     for by_batch in results["paths"].values():
@@ -37,6 +40,13 @@ def test_json_has_every_figure(smoke):
         for summary in by_batch.values():
             assert summary["sentences_per_s"] > 0
             assert {"p50_ms", "p99_ms", "speedup_vs_baseline", "roofline_share"} <= set(summary)
+    compared = {"tf.function", "keras onnx (ort default)", "our file (ort default)", "runtime fp32"}
+    assert set(results["cases"]) == {"bundled model, half-length rows", "bundled model, dense full-length rows",
+                                     "tutorial model (Flatten), sentences"}
+    for by_path in results["cases"].values():
+        assert set(by_path) == compared
+        for summary in by_path["runtime fp32"].values():
+            assert set(summary["speedup_vs"]) == compared - {"runtime fp32"}
     assert results["runtime_batch_sweep"] and all(s["sentences_per_s"] > 0 for s in results["runtime_batch_sweep"].values())
     assert results["flops"]["total"] > 0 and not results["flops"]["ignored"]
     assert set(results["cold_start"]) == {"keras load_model + predict", "runtime SentimentPredictor"}
@@ -53,6 +63,15 @@ def test_markdown_report_on_stdout(smoke):
     assert "## Targets" in done.stdout
     assert "[1/" in done.stderr  # progress goes to stderr, not into the report
     assert "[1/" not in done.stdout
+
+
+def test_no_file_is_written_without_json(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--no-cold", "--quiet", "--batches", "1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "## Targets" in done.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help():

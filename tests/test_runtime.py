@@ -1,5 +1,6 @@
 """export.runtime against Keras and plain onnxruntime: OnnxModel, batching, TextClassifier."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -480,12 +481,17 @@ def test_plan_covers_every_row_once_with_room_for_it(lengths, max_work, min_work
         assert len(r) == 1 or len(r) * length <= max(max_work, min_work)
 
 
+@functools.lru_cache
+def _opened(path):
+    """One OnnxModel and the vocabulary size per file, shared by the examples of a Hypothesis test."""
+    return OnnxModel(path), TextClassifier(path).vocab_size
+
+
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_any_batching_plan_gives_the_outputs_of_one_padded_call(trimmable, data):
     """Rows run in any groups, each cut anywhere after its longest row, as in one padded call."""
-    onnx_model = OnnxModel(trimmable)
-    vocab = TextClassifier(trimmable).vocab_size
+    onnx_model, vocab = _opened(trimmable)
     n = data.draw(st.integers(1, 60))
     ids = _mixed_ids(np.random.default_rng(data.draw(st.integers(0, 2**16))), n, 12, vocab)
     expected = _reference(trimmable, {"tokens": ids})
@@ -549,3 +555,17 @@ def test_fixed_length_model_runs_whole_rows(tmp_path):
     for width in (7, 9):
         with pytest.raises(ValueError, match="shape"):
             classifier.run_ids(np.zeros((2, width), np.int32))
+
+
+def test_a_probability_that_does_not_match_the_labels_is_refused(tmp_path):
+    encoder = TextEncoder.fit(SENTENCES, num_words=30, seq_len=8)  # 2 labels, but 3 softmax units
+    convert(three_class_model(encoder.vocab_size), tmp_path / "mismatch.onnx", encoder=encoder)
+    with pytest.raises(ValueError, match=r"'probability' must be .* found shape \(None, 3\) and 2 labels"):
+        TextClassifier(tmp_path / "mismatch.onnx")
+
+
+def test_a_closed_classifier_refuses_to_run(exported):
+    with TextClassifier(exported[1]) as classifier:
+        classifier.predict_proba(SENTENCES * 100)  # starts its pool
+    with pytest.raises(ValueError, match="closed"):
+        classifier.predict_proba("a great film")
