@@ -148,7 +148,8 @@ def test_metrics_agree_with_numpy_on_the_saved_predictions(ticket_run):
 
 
 @pytest.mark.slow
-def test_export_serves_the_class_names(ticket_run, tmp_path):
+def test_export_serves_the_class_names(ticket_run, tmp_path, capsys):
+    from export.predict import main as predict
     from export.runtime import TextClassifier
     from export.to_onnx import convert
 
@@ -163,6 +164,12 @@ def test_export_serves_the_class_names(ticket_run, tmp_path):
     np.testing.assert_allclose(classifier.predict_proba(texts), expected, atol=1e-5)
     labels = [prediction.label for prediction in classifier.predict(texts)]
     assert labels == [("billing", "sales", "tech")[i] for i in expected.argmax(1)]
+    # The command line prints the class names too.
+    capsys.readouterr()
+    assert predict([str(onnx_path), "refund please", "login error"]) == 0
+    shown = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert shown == [p.label for p in classifier.predict(["refund please", "login error"])]
+    assert set(shown) <= {"billing", "sales", "tech"}
 
 
 @pytest.mark.slow
