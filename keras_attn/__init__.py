@@ -11,7 +11,7 @@ import_training("keras")  # before any Keras import below: quiet, or one line na
 
 from keras_attn.attention import ScaledDotAttention  # noqa: E402 - after import_training()
 from keras_attn.inference import inference
-from keras_attn.models import build_sentiment_model
+from keras_attn.models import build_sentiment_model, build_text_classifier
 from keras_attn.pretrained import load_pretrained
 from keras_attn.saving import load_model, save_model
 from keras_attn.text import TextEncoder
@@ -20,6 +20,7 @@ __all__ = [
     "ScaledDotAttention",
     "TextEncoder",
     "build_sentiment_model",
+    "build_text_classifier",
     "inference",
     "load_model",
     "load_pretrained",

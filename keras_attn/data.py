@@ -1,22 +1,40 @@
-"""Load the UCI "Sentiment Labelled Sentences" data set (Kotzias et al., KDD 2015).
+"""Labelled texts for training: a user's CSV, TSV or JSON Lines file, or the UCI set.
 
-Three files of 1,000 review sentences each, one ``sentence<TAB>label`` per
-line with label 0 (negative) or 1 (positive). `load_sentences` looks for them,
-in order, in an explicit folder, in ``$KERAS_ATTN_DATA``, in the Keras cache,
-and finally downloads the UCI archive into the Keras cache.
+`read_labelled_file` reads a user's file of texts and labels (any number of
+classes). `load_sentences` loads the UCI "Sentiment Labelled Sentences" data
+set (Kotzias et al., KDD 2015): three files of 1,000 review sentences each,
+one ``sentence<TAB>label`` per line with label 0 (negative) or 1 (positive),
+found by `find_data_dir`. Both give a `LabelledTexts`.
+
+Nothing here imports TensorFlow or Keras (except to download the UCI set).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DataError", "Sentences", "load_sentences", "DATA_ENV_VAR", "FILES", "URL"]
+__all__ = [
+    "DATA_ENV_VAR",
+    "FILES",
+    "FORMATS",
+    "SENTIMENT_CLASSES",
+    "URL",
+    "DataError",
+    "LabelledTexts",
+    "find_data_dir",
+    "load_sentences",
+    "read_labelled_file",
+]
 
 #: Environment variable naming the folder that holds the three files.
 DATA_ENV_VAR = "KERAS_ATTN_DATA"
@@ -43,56 +61,92 @@ _EXTRACTED = "sentiment_labelled_sentences_extracted"
 _MAX_SEARCH_DEPTH = 2
 
 _LABELS = {"0": 0, "1": 1}
+#: The UCI set's class names, in the order of its 0/1 labels.
+SENTIMENT_CLASSES = ("negative", "positive")
+
+#: Formats `read_labelled_file` reads, and the suffixes that name them.
+FORMATS = {"csv": (".csv",), "tsv": (".tsv", ".tab"), "jsonl": (".jsonl", ".ndjson")}
+
+# The csv module refuses fields over 128 KiB by default; texts may be longer.
+_MAX_FIELD = 2**31 - 1
 
 
 class DataError(OSError):
-    """The data set cannot be found, downloaded or parsed."""
+    """The data cannot be found, read or parsed; the message names the file (and line)."""
 
 
 @dataclass(frozen=True, eq=False)  # eq on ndarray fields would be ambiguous
-class Sentences:
-    """The labelled sentences of all three sources, amazon then imdb then yelp.
+class LabelledTexts:
+    """Texts with one class each.
 
     Attributes:
-        texts: the sentences, surrounding whitespace removed, otherwise verbatim.
-        labels: int64 array, 1 for positive and 0 for negative.
-        sources: per sentence, "amazon", "imdb" or "yelp".
-        checksum: sha256 hex digest of the three files' bytes concatenated in
-            `FILES` order, i.e. ``cat amazon_cells_labelled.txt
-            imdb_labelled.txt yelp_labelled.txt | sha256sum``.
+        texts: the texts, in file order.
+        labels: int64 array of class indices into `classes`.
+        classes: the class names, in the order of the model's outputs.
+        checksum: sha256 hex digest of the bytes read (for the UCI set, the
+            three files concatenated in `FILES` order, i.e. ``cat
+            amazon_cells_labelled.txt imdb_labelled.txt yelp_labelled.txt |
+            sha256sum``).
+        origin: where the texts came from, for messages and metrics.
+        sources: per text, a group to stratify by besides the class (the
+            UCI set: "amazon", "imdb" or "yelp"); None for a user's file.
+        skipped_empty_labels: rows left out because their label was empty.
     """
 
     texts: list[str]
     labels: np.ndarray
-    sources: list[str]
+    classes: tuple[str, ...]
     checksum: str
+    origin: str = ""
+    sources: list[str] | None = None
+    skipped_empty_labels: int = 0
 
     def __len__(self) -> int:
         return len(self.texts)
 
 
-def load_sentences(data_dir: str | PathLike[str] | None = None) -> Sentences:
-    """Load the three files, finding or downloading them as needed.
+def find_data_dir(
+    data_dir: str | PathLike[str] | None = None, *, download: bool = True
+) -> Path:
+    """The folder holding the three UCI files, found the same way everywhere.
 
-    Where from, first match wins: ``data_dir``; ``$KERAS_ATTN_DATA``; an
-    earlier download in the Keras cache (``$KERAS_HOME`` or ``~/.keras``);
-    a fresh download of `URL` into that cache. An explicit folder may hold the
-    files directly or in a subfolder (e.g. the unzipped archive).
+    First match wins: ``data_dir``; ``$KERAS_ATTN_DATA``; an earlier
+    download in the Keras cache (``$KERAS_HOME`` or ``~/.keras``); a fresh
+    download of `URL` into that cache (only if ``download``). A given folder
+    may hold the files directly or in a subfolder (e.g. the unzipped archive).
+
+    Raises:
+        DataError: the given folder (or the variable's) does not hold the
+            files, or nothing was found and the download is off or failed.
+    """
+    if data_dir is not None:
+        return _find_files(Path(data_dir), "data_dir")
+    if os.environ.get(DATA_ENV_VAR):
+        return _find_files(Path(os.environ[DATA_ENV_VAR]), DATA_ENV_VAR)
+    try:
+        return _find_files(_cache_dir() / _EXTRACTED, "the Keras cache")
+    except DataError:
+        if not download:
+            raise DataError(
+                f"the sentiment data set is not in the Keras cache; pass --data-dir DIR "
+                f"or set {DATA_ENV_VAR}=DIR ({_EXPECTED})"
+            ) from None
+    return _find_files(_download(), "the downloaded archive")
+
+
+def load_sentences(data_dir: str | PathLike[str] | None = None) -> LabelledTexts:
+    """Load the three UCI files, found (or downloaded) by `find_data_dir`.
+
+    Returns:
+        `LabelledTexts` with classes ("negative", "positive"), the sources
+        amazon, then imdb, then yelp, and sentences stripped of surrounding
+        whitespace, otherwise verbatim.
 
     Raises:
         DataError: the folder or a file is missing, a line is malformed, or
             the download failed.
     """
-    if data_dir is not None:
-        folder = _find_files(Path(data_dir), "data_dir")
-    elif os.environ.get(DATA_ENV_VAR):
-        folder = _find_files(Path(os.environ[DATA_ENV_VAR]), DATA_ENV_VAR)
-    else:
-        try:
-            folder = _find_files(_cache_dir() / _EXTRACTED, "the Keras cache")
-        except DataError:
-            folder = _find_files(_download(), "the downloaded archive")
-
+    folder = find_data_dir(data_dir)
     texts, labels, sources = [], [], []
     digest = hashlib.sha256()
     for source, name in FILES.items():
@@ -103,7 +157,14 @@ def load_sentences(data_dir: str | PathLike[str] | None = None) -> Sentences:
             texts.append(text)
             labels.append(label)
             sources.append(source)
-    return Sentences(texts, np.array(labels, dtype=np.int64), sources, digest.hexdigest())
+    return LabelledTexts(
+        texts,
+        np.array(labels, dtype=np.int64),
+        SENTIMENT_CLASSES,
+        digest.hexdigest(),
+        origin="UCI Sentiment Labelled Sentences",
+        sources=sources,
+    )
 
 
 def _find_files(root: Path, origin: str) -> Path:
@@ -178,3 +239,180 @@ def _parse(raw: bytes, path: Path) -> list[tuple[str, int]]:
             )
         rows.append((text, _LABELS[label]))
     return rows
+
+
+def read_labelled_file(
+    path: str | PathLike[str],
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    format: str | None = None,  # noqa: A002 - the CLI's --format
+    labels: Sequence[str] | None = None,
+) -> LabelledTexts:
+    """Read a user's labelled texts from a CSV, TSV or JSON Lines file.
+
+    CSV and TSV: a header row naming the columns, then one row per text, read
+    by the `csv` module (quoted fields may hold commas, tabs, quotes doubled
+    as ``""`` and line breaks; CRLF or LF; a UTF-8 byte order mark is
+    ignored). JSON Lines: one object per line. Labels are strings, stripped of
+    surrounding whitespace; JSON numbers keep their text as written (``1`` is
+    "1", ``1.0`` is "1.0"). Texts are kept as they are (empty ones too); rows
+    whose label is empty (or JSON null) are skipped and counted.
+
+    Args:
+        path: the file.
+        text_column: the column (JSON key) holding the texts.
+        label_column: the column (JSON key) holding the labels.
+        format: "csv", "tsv" or "jsonl"; by default from the suffix (.csv;
+            .tsv or .tab; .jsonl or .ndjson).
+        labels: the class names in the model's output order; every label in
+            the file must be one of them. By default the sorted distinct labels.
+
+    Returns:
+        `LabelledTexts` whose checksum is the file's sha256.
+
+    Raises:
+        DataError: one line naming the file (and the line where it applies):
+            the file is missing or unreadable, not UTF-8, of an unknown
+            format, a line cannot be parsed, the text or label column is
+            missing (the columns found are named), a label is not among
+            ``labels``, or fewer than 2 classes remain.
+        ValueError: ``labels`` has fewer than 2, duplicate or empty names.
+    """
+    path = Path(path)
+    if labels is not None:
+        labels = tuple(label.strip() for label in labels)
+        if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
+            raise ValueError(f"labels must be 2 or more distinct non-empty names, got {list(labels)}")
+    kind = format or _format_from_suffix(path)
+    if kind not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {kind!r}")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
+    try:
+        content = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({error.reason} at byte {error.start})") from None
+
+    rows = _jsonl_rows if kind == "jsonl" else _csv_rows
+    texts, names, skipped = [], [], 0
+    for line, text, label in rows(content, path, text_column, label_column, kind):
+        if not label:
+            skipped += 1
+            continue
+        if labels is not None and label not in labels:
+            raise DataError(f"{path}:{line}: label {label!r} is not one of the given labels {', '.join(labels)}")
+        texts.append(text)
+        names.append(label)
+
+    classes = labels or tuple(sorted(set(names)))
+    if len(classes) < 2:
+        found = f"only the class {classes[0]!r}" if classes else "no labelled rows"
+        raise DataError(f"{path}: {found} in column {label_column!r}; training needs 2 classes or more")
+    index = {name: i for i, name in enumerate(classes)}
+    return LabelledTexts(
+        texts,
+        np.array([index[name] for name in names], dtype=np.int64),
+        classes,
+        hashlib.sha256(raw).hexdigest(),
+        origin=str(path),
+        skipped_empty_labels=skipped,
+    )
+
+
+def _format_from_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    for kind, suffixes in FORMATS.items():
+        if suffix in suffixes:
+            return kind
+    raise DataError(
+        f"{path}: cannot tell the format from the suffix {suffix or '(none)'!r}; "
+        f"pass --format {'|'.join(FORMATS)}"
+    )
+
+
+def _csv_rows(content: str, path: Path, text_column: str, label_column: str, kind: str):
+    """Yield ``(line number, text, label)`` of each record; the line is where it starts."""
+    dialect = "excel-tab" if kind == "tsv" else "excel"
+    # newline="": the csv module sees CR, LF and CRLF as written (line breaks
+    # inside quoted fields stay in the text); strict: a stray quote is an error.
+    reader = csv.reader(io.StringIO(content, newline=""), dialect, strict=True)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(_MAX_FIELD)
+    try:
+        header, columns, consumed = None, (), 0
+        while True:
+            start = consumed + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as error:
+                raise DataError(f"{path}:{start}: cannot parse this {kind.upper()} record ({error})") from None
+            consumed = reader.line_num
+            if not record or record == [""]:
+                continue  # a blank line
+            if header is None:
+                header = [name.strip() for name in record]
+                columns = tuple(
+                    _column(header, name, path, role)
+                    for name, role in ((text_column, "text"), (label_column, "label"))
+                )
+                continue
+            if len(record) != len(header):
+                raise DataError(
+                    f"{path}:{start}: {len(record)} fields where the header has {len(header)} "
+                    f"(a field with a {'tab' if kind == 'tsv' else 'comma'} or a line break must be quoted)"
+                )
+            yield start, record[columns[0]], record[columns[1]].strip()
+        if header is None:
+            raise DataError(f"{path}: empty file; expected a header row naming the columns")
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _column(header: list[str], name: str, path: Path, role: str) -> int:
+    if name not in header:
+        found = ", ".join(repr(column) for column in header)
+        raise DataError(f"{path}: no {role} column {name!r}; the columns are {found}")
+    return header.index(name)
+
+
+def _jsonl_rows(content: str, path: Path, text_column: str, label_column: str, kind: str):
+    """Yield ``(line number, text, label)`` of each JSON object, one per line."""
+    # Split on "\n" only: str.splitlines() would also break inside a text at
+    # U+2028 or U+0085, which JSON allows unescaped.
+    for number, line in enumerate(content.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            # Numbers keep their text as written: 1.0 stays "1.0", not 1.
+            record = json.loads(line, parse_int=str, parse_float=str, parse_constant=str)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+        values = []
+        for name, role in ((text_column, "text"), (label_column, "label")):
+            if name not in record:
+                found = ", ".join(repr(key) for key in record)
+                raise DataError(f"{path}:{number}: no {role} key {name!r}; the keys are {found or 'none'}")
+            value = record[name]
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif value is None:
+                value = ""
+            elif not isinstance(value, str):
+                raise DataError(
+                    f"{path}:{number}: the {role} {name!r} is a JSON {type(value).__name__}, "
+                    "not a string or a number"
+                )
+            values.append(value)
+        yield number, values[0], values[1].strip()

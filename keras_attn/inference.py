@@ -2,20 +2,30 @@
 
 import functools
 
+import numpy as np
+
+from keras_attn.models import class_probabilities
 from keras_attn.pretrained import load_pretrained
 
 
 def inference(text, model=None):
-    """Classifies one sentence: "Positive" or "Negative".
+    """Classifies one text: its class name, as the encoder spells it.
+
+    For the bundled model, "positive" or "negative".
 
     Args:
-        text: the sentence.
+        text: the text.
         model: a model from `keras_attn.load_model` (it carries its
-            `text_encoder`); defaults to the bundled pretrained model.
+            `text_encoder`, whose `labels` name the classes); defaults to the
+            bundled pretrained model.
+
+    Returns:
+        The predicted class name.
     """
     model = model or _bundled()
-    probability = model.predict(model.text_encoder.encode(text), verbose=0)
-    return "Positive" if probability["probability"][0, 0] > 0.5 else "Negative"
+    encoder = model.text_encoder
+    output = model.predict(encoder.encode(text), verbose=0)["probability"]
+    return encoder.labels[int(np.argmax(class_probabilities(output)[0]))]
 
 
 @functools.cache

@@ -1,6 +1,12 @@
-"""Builders for the sentiment model: tokens -> encoder -> attention -> P(positive)."""
+"""Text classifiers: tokens -> encoder -> attention -> pooling -> class probabilities.
+
+`build_text_classifier` is the one architecture, for any number of classes;
+`build_sentiment_model` is its two-class use, the bundled model's builder.
+"""
 
 import warnings
+
+import numpy as np
 
 import keras
 from keras import layers, ops
@@ -22,10 +28,11 @@ TUTORIAL = dict(
 )
 
 
-def build_sentiment_model(
+def build_text_classifier(
     vocab_size,
-    seq_len=32,
+    num_classes,
     *,
+    seq_len=None,
     encoder="conv",
     embedding_dim=32,
     embedding_l2=0.001,
@@ -36,19 +43,23 @@ def build_sentiment_model(
     pooled_dropout=0.5,
     residual=True,
     pooling="max",
-    name="sentiment",
+    name="text_classifier",
 ):
-    """Embedding -> encoder -> self-attention -> pooling -> Dense(1, sigmoid).
+    """Embedding -> encoder -> self-attention -> pooling -> class probabilities.
 
-    The defaults are the recipe of the bundled model; `TUTORIAL` holds the
-    tutorial's model.
+    Two classes get one sigmoid unit, P(second class), as the bundled model
+    has; more get a softmax over `num_classes` units. Train either with
+    `classification_loss(num_classes)` on class indices. The defaults are
+    the bundled model's recipe; `TUTORIAL` holds the tutorial's model.
 
     Args:
         vocab_size: number of token ids, padding (0) included.
-        seq_len: tokens per sentence. Only `"flatten"` pooling fixes it in
-            the graph; with the others the model takes any length, and since
-            padding embeds to zero, a sentence gets the same numbers whatever
-            padding follows it (the ONNX runtime skips padding that way).
+        num_classes: number of classes, at least 2.
+        seq_len: tokens per text. Only `"flatten"` pooling needs it (it
+            fixes the length in the graph); with the others the model takes
+            any length (None) or the given one, and since padding embeds to
+            zero, a text gets the same numbers whatever padding follows it
+            (the ONNX runtime skips padding that way).
         encoder: `"conv"` (Conv1D of `units` filters, same padding, relu)
             or `"lstm"` (a bidirectional LSTM of `units` units in all).
         embedding_dim: width of the word embeddings.
@@ -65,11 +76,20 @@ def build_sentiment_model(
 
     Returns:
         A functional `keras.Model` from int32 `tokens` of shape
-        `(batch, seq_len)` to a dict of `probability` `(batch, 1)` and
-        `attention` `(batch, seq_len, seq_len)`, the attention's weights
-        with rows and columns of padding at 0. The padding mask comes from
-        the ids (`tokens != 0`): Conv1D and Flatten drop Keras masks.
+        `(batch, seq_len)` to a dict of `probability`, `(batch, 1)` for two
+        classes and `(batch, num_classes)` otherwise, and `attention`
+        `(batch, seq_len, seq_len)`, the attention's weights with rows and
+        columns of padding at 0. The padding mask comes from the ids
+        (`tokens != 0`): Conv1D and Flatten drop Keras masks.
+
+    Raises:
+        ValueError: an unknown `encoder` or `pooling`, fewer than 2
+            classes, or `"flatten"` pooling without a `seq_len`.
     """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if pooling == "flatten" and seq_len is None:
+        raise ValueError("'flatten' pooling needs a seq_len: it fixes the length in the graph")
     if encoder not in ("conv", "lstm"):
         raise ValueError(f"encoder must be 'conv' or 'lstm', got {encoder!r}")
     if pooling not in ("flatten", "max", "mean"):
@@ -113,12 +133,47 @@ def build_sentiment_model(
     pooled = _pool(context, real, pooling)
     if pooled_dropout:
         pooled = layers.Dropout(pooled_dropout)(pooled)
-    probability = layers.Dense(1, activation="sigmoid", name="probability")(
-        pooled
-    )
+    if num_classes == 2:
+        probability = layers.Dense(1, activation="sigmoid", name="probability")(pooled)
+    else:
+        probability = layers.Dense(num_classes, activation="softmax", name="probability")(pooled)
     return keras.Model(
         tokens, {"probability": probability, "attention": weights}, name=name
     )
+
+
+def build_sentiment_model(vocab_size, seq_len=32, *, name="sentiment", **options):
+    """The two-class (negative, positive) `build_text_classifier`: P(positive) out.
+
+    Args:
+        vocab_size: number of token ids, padding (0) included.
+        seq_len: tokens per sentence (see `build_text_classifier`).
+        name: the model's name.
+        **options: any keyword of `build_text_classifier`.
+
+    Returns:
+        The model, with `probability` of shape `(batch, 1)`.
+    """
+    return build_text_classifier(vocab_size, 2, seq_len=seq_len, name=name, **options)
+
+
+def classification_loss(num_classes):
+    """The loss matching `build_text_classifier`'s head, on class indices as targets."""
+    return "binary_crossentropy" if num_classes == 2 else "sparse_categorical_crossentropy"
+
+
+def class_probabilities(probability):
+    """`(n, num_classes)` probabilities from the `probability` output.
+
+    The two-class head's one unit, P(second class) `p`, becomes `[1 - p, p]`,
+    so `argmax` picks the second class exactly when `p > 0.5`.
+    """
+    probability = np.asarray(probability)
+    if probability.ndim != 2:
+        raise ValueError(f"expected a (batch, units) probability, got shape {probability.shape}")
+    if probability.shape[1] == 1:
+        return np.concatenate([1 - probability, probability], axis=1)
+    return probability
 
 
 def _pool(context, real, pooling):

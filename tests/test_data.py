@@ -1,13 +1,17 @@
-"""Tests for loading the UCI Sentiment Labelled Sentences files."""
+"""Tests for the data layer: users' CSV / TSV / JSON Lines files, and the UCI files."""
 
+import csv
 import hashlib
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from keras_attn.data import URL, DataError, load_sentences
+from keras_attn.data import URL, DataError, find_data_dir, load_sentences, read_labelled_file
 
 AMAZON = "amazon_cells_labelled.txt"
 IMDB = "imdb_labelled.txt"
@@ -181,3 +185,128 @@ def test_real_data_set():
         assert data.labels[sources == source].sum() == 500
     assert data.texts[0] == FIRST_AMAZON
     assert data.sources[0] == "amazon" and data.labels[0] == 0
+
+
+def test_find_data_dir_order_and_no_download(tmp_path, monkeypatch):
+    monkeypatch.setattr("keras.utils.get_file", _forbid_download)
+    with pytest.raises(DataError, match="--data-dir.*KERAS_ATTN_DATA"):
+        find_data_dir(download=False)
+    cached = write_data(tmp_path / "keras_home" / "datasets" / "sentiment_labelled_sentences_extracted" / "s")
+    assert find_data_dir(download=False) == cached
+    from_env = write_data(tmp_path / "env")
+    monkeypatch.setenv("KERAS_ATTN_DATA", str(from_env))
+    assert find_data_dir() == from_env
+    explicit = write_data(tmp_path / "explicit" / "nested")
+    assert find_data_dir(tmp_path / "explicit") == explicit
+
+
+# A user's file: the same records written as CSV, TSV and JSON Lines.
+RECORDS = [
+    ("Great phone, 5\" screen", "positive"),
+    ('She said "never again", twice', "negative"),
+    ("two\r\nlines, CRLF", "neutral"),
+    ("", "neutral"),  # an empty text is a text
+    ("ünïcödé 日本語 \u2028 \x85 emoji 🙂", "positive"),
+    ("long " * 40_000, "negative"),  # beyond the csv module's default field limit
+    ("no label here", ""),
+    ("tab\tinside", " 5 "),  # a number label, stripped, kept as text
+]
+
+
+def write_records(path, records, kind, text="text", label="label"):
+    if kind == "jsonl":
+        lines = [json.dumps({text: t, label: l, "id": i}, ensure_ascii=False) for i, (t, l) in enumerate(records)]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return path
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, dialect="excel-tab" if kind == "tsv" else "excel")
+        writer.writerow(["id", text, label])
+        writer.writerows((i, t, l) for i, (t, l) in enumerate(records))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl"])
+def test_every_format_reads_the_same_rows(tmp_path, kind):
+    data = read_labelled_file(write_records(tmp_path / f"texts.{kind}", RECORDS, kind))
+    kept = [(t, l.strip()) for t, l in RECORDS if l.strip()]
+    assert data.texts == [t for t, _ in kept]
+    assert data.classes == ("5", "negative", "neutral", "positive")  # sorted strings
+    assert [data.classes[i] for i in data.labels] == [l for _, l in kept]
+    assert data.skipped_empty_labels == 1
+    assert data.sources is None and data.origin == str(tmp_path / f"texts.{kind}")
+    raw = (tmp_path / f"texts.{kind}").read_bytes()
+    assert data.checksum == hashlib.sha256(raw).hexdigest()
+
+
+def test_jsonl_numbers_keep_their_text_and_null_is_empty(tmp_path):
+    path = tmp_path / "n.jsonl"
+    path.write_text('{"text": "a", "label": 1}\r\n{"text": "b", "label": 1.0}\n'
+                    '{"text": 7, "label": true}\n\n{"text": "d", "label": null}\n')
+    data = read_labelled_file(path)
+    assert data.texts == ["a", "b", "7"]
+    assert data.classes == ("1", "1.0", "true")
+    assert data.skipped_empty_labels == 1
+
+
+def test_format_flag_beats_the_suffix_and_columns_are_chosen(tmp_path):
+    path = write_records(tmp_path / "export.txt", RECORDS[:3], "tsv", text="body", label="team")
+    with pytest.raises(DataError, match=r"export\.txt: cannot tell the format.*--format"):
+        read_labelled_file(path)
+    data = read_labelled_file(path, format="tsv", text_column="body", label_column="team")
+    assert data.texts == [t for t, _ in RECORDS[:3]]
+
+
+def test_given_labels_fix_the_order(tmp_path):
+    path = write_records(tmp_path / "t.csv", RECORDS[:3], "csv")
+    data = read_labelled_file(path, labels=["positive", "neutral", "negative", "unused"])
+    assert data.classes == ("positive", "neutral", "negative", "unused")
+    np.testing.assert_array_equal(data.labels, [0, 2, 1])
+
+
+@pytest.mark.parametrize(
+    ("content", "kwargs", "message"),
+    [
+        (b"text,label\nok,a\nbad,b,extra\n", {}, r"t\.csv:3: 3 fields where the header has 2"),
+        (b'text,label\nok,a\n"open,b\n\n', {}, r"t\.csv:3: cannot parse"),
+        (b"", {}, r"t\.csv: empty file"),
+        (b"text\nok\n", {}, r"t\.csv: no label column 'label'; the columns are 'text'"),
+        (b"text,label\nok,a\nok,a\n", {}, r"t\.csv: only the class 'a'"),
+        (b"text,label\n,\n", {}, r"t\.csv: no labelled rows"),
+        (b"text,label\nok,a\nno,b\n", {"labels": ["a", "c"]}, r"t\.csv:3: label 'b' is not one of"),
+    ],
+)
+def test_refusals_name_the_file_and_line(tmp_path, content, kwargs, message):
+    (tmp_path / "t.csv").write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_labelled_file(tmp_path / "t.csv", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"text": "a", "label": "x"}\n[1, 2]\n', r"j\.jsonl:2: expected a JSON object, got list"),
+        ('{"text": "a", "label": "x"}\n{"text": "b"}\n', r"j\.jsonl:2: no label key 'label'; the keys are 'text'"),
+        ('{"text": ["a"], "label": "x"}\n', r"j\.jsonl:1: the text 'text' is a JSON list"),
+        ('{"text": "a", "label": "x"}\n\n{"text": "a", "label": "x"\n', r"j\.jsonl:3: not valid JSON"),
+    ],
+)
+def test_jsonl_refusals_name_the_line(tmp_path, content, message):
+    (tmp_path / "j.jsonl").write_text(content)
+    with pytest.raises(DataError, match=message):
+        read_labelled_file(tmp_path / "j.jsonl")
+
+
+def test_missing_file_and_folder_are_refused(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.csv: no such file"):
+        read_labelled_file(tmp_path / "nope.csv")
+    (tmp_path / "dir.csv").mkdir()
+    with pytest.raises(DataError, match=r"dir\.csv: is a folder"):
+        read_labelled_file(tmp_path / "dir.csv")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(max_size=60), min_size=2, max_size=8), kind=st.sampled_from(["csv", "tsv", "jsonl"]))
+def test_any_text_survives_a_round_trip(tmp_path, texts, kind):
+    records = [(text, ("a", "b")[i % 2]) for i, text in enumerate(texts)]
+    data = read_labelled_file(write_records(tmp_path / f"h.{kind}", records, kind))
+    assert data.texts == texts

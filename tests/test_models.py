@@ -1,9 +1,16 @@
-"""The sentiment model builders: shapes, parameter counts, padding."""
+"""The text classifier builders: shapes, heads, parameter counts, padding."""
 
+import keras
 import numpy as np
 import pytest
 
-from keras_attn.models import TUTORIAL, build_sentiment_model
+from keras_attn.models import (
+    TUTORIAL,
+    build_sentiment_model,
+    build_text_classifier,
+    class_probabilities,
+    classification_loss,
+)
 
 
 def test_tutorial_preset_has_the_tutorials_parameter_count():
@@ -50,3 +57,46 @@ def test_same_numbers_whatever_padding_follows(pooling):
 def test_rejects_unknown_encoder():
     with pytest.raises(ValueError, match="encoder"):
         build_sentiment_model(10, encoder="transformer")
+
+
+def test_k_classes_get_a_softmax_and_two_a_sigmoid_unit():
+    tokens = np.array([[5, 6, 7, 0], [1, 2, 3, 4]], np.int32)
+    five = build_text_classifier(50, 5, units=8, embedding_dim=4)
+    probability = five.predict(tokens, verbose=0)["probability"]
+    assert probability.shape == (2, 5)
+    np.testing.assert_allclose(probability.sum(-1), 1, rtol=1e-5)
+    assert five.get_layer("probability").activation is keras.activations.softmax
+    two = build_text_classifier(50, 2, units=8, embedding_dim=4)
+    assert two.predict(tokens, verbose=0)["probability"].shape == (2, 1)
+    assert two.get_layer("probability").activation is keras.activations.sigmoid
+    assert classification_loss(2) == "binary_crossentropy"
+    assert classification_loss(5) == "sparse_categorical_crossentropy"
+
+
+def test_the_sentiment_builder_is_the_two_class_classifier():
+    keras.backend.clear_session()  # the same automatic layer names for both
+    keras.utils.set_random_seed(0)
+    sentiment = build_sentiment_model(60, 12, units=8)
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(0)
+    classifier = build_text_classifier(60, 2, seq_len=12, units=8, name="sentiment")
+    assert sentiment.get_config() == classifier.get_config()
+    for a, b in zip(sentiment.get_weights(), classifier.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_class_probabilities():
+    np.testing.assert_allclose(class_probabilities(np.array([[0.25], [0.5]])), [[0.75, 0.25], [0.5, 0.5]])
+    k = np.array([[0.1, 0.2, 0.7]])
+    np.testing.assert_array_equal(class_probabilities(k), k)
+    with pytest.raises(ValueError, match="shape"):
+        class_probabilities(np.zeros(3))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"num_classes": 1}, "num_classes"), ({"num_classes": 3, "pooling": "flatten"}, "seq_len")],
+)
+def test_builder_refuses(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_text_classifier(10, **kwargs)

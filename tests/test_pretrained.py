@@ -9,14 +9,14 @@ from keras_attn.pretrained import PATH
 from keras_attn.train import DEFAULTS, MODEL_DEFAULTS
 
 CLEAR = {
-    "I love this phone, it works great.": "Positive",
-    "The food was delicious and the staff were friendly.": "Positive",
-    "What a wonderful, moving film.": "Positive",
-    "Excellent product, highly recommended!": "Positive",
-    "Terrible. It broke after one day.": "Negative",
-    "The service was slow and the food was cold.": "Negative",
-    "Worst movie I have ever seen, a waste of time.": "Negative",
-    "Very disappointed, poor quality.": "Negative",
+    "I love this phone, it works great.": "positive",
+    "The food was delicious and the staff were friendly.": "positive",
+    "What a wonderful, moving film.": "positive",
+    "Excellent product, highly recommended!": "positive",
+    "Terrible. It broke after one day.": "negative",
+    "The service was slow and the food was cold.": "negative",
+    "Worst movie I have ever seen, a waste of time.": "negative",
+    "Very disappointed, poor quality.": "negative",
 }
 
 
@@ -32,6 +32,10 @@ def test_carries_its_encoder_and_recorded_metrics():
     assert model.get_layer("embedding").input_dim == encoder.vocab_size
     metrics = json.loads(PATH.with_name("metrics.json").read_text())
     # The recipe's seed 0, as `python -m keras_attn.train` writes it today.
-    assert metrics["seed"] == 0 and metrics["options"] == {**DEFAULTS, **MODEL_DEFAULTS}
+    # (Options added since, such as class_weight, are at their defaults.)
+    defaults = {**DEFAULTS, **MODEL_DEFAULTS}
+    assert metrics["seed"] == 0
+    assert metrics["options"] == {k: defaults[k] for k in metrics["options"]}
+    assert set(defaults) - set(metrics["options"]) == {"class_weight"}
     assert metrics["test_accuracy"] > 0.83  # the tutorial's setup: 0.80
     assert metrics["options"]["seq_len"] == encoder.seq_len
