@@ -154,13 +154,12 @@ def run(options: argparse.Namespace) -> dict:
                      "machine": machine()}
 
     progress.step("importing TensorFlow and Keras")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from export.cli import silenced_stderr
+    from export.cli import import_training, silenced_stderr
 
     with silenced_stderr(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import keras
-        import tensorflow as tf
+        keras = import_training("keras")
+        tf = import_training("tensorflow")
 
         import keras_attn
         from keras_attn.models import TUTORIAL

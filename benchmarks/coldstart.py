@@ -61,7 +61,6 @@ p = predictor.predict_proba([sys.argv[2]])[0]
 def _child_env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
 
 

@@ -53,7 +53,10 @@ def quiet_tensorflow() -> bool:
     """
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2") in ("0", "1"):
         return False
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Level 3: TensorFlow logs notices as C++ "errors" too (tf.data's
+    # "use_unbounded_threadpool" in every fit, oneDNN's DT_BOOL fallback for
+    # LSTM masks); real failures reach Python as exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # oneDNN's "custom operations are on" notice is logged at INFO by absl.
     os.environ.setdefault("GLOG_minloglevel", "2")
     return True

@@ -316,10 +316,6 @@ def quiet_libraries(*, debug: bool = False) -> None:
     if not debug:
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
-        # Level 2 still lets through C++ "errors" that are only notices (e.g.
-        # oneDNN's DT_BOOL fallback for LSTM masks); real failures reach us as
-        # Python exceptions.
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     with silenced_stderr(not debug):
         _import_tf2onnx()
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.cli import CliError, quiet_tensorflow, run
+from export.cli import CliError, run
 from export.files import atomic_dir
-from keras_attn.data import FORMATS, DataError, LabelledTexts, load_sentences, read_labelled_file
+from keras_attn.data import FORMATS, DataError, load_sentences, read_labelled_file
 from keras_attn.models import (
     TUTORIAL,
     build_text_classifier,
@@ -570,6 +570,10 @@ def main(argv=None):
     return 0
 
 
+def console() -> int:
+    """The `keras-attn-train` console script: `main` with one-line errors."""
+    return run(main)
+
+
 if __name__ == "__main__":
-    quiet_tensorflow()
-    sys.exit(run(main))
+    sys.exit(console())

@@ -1,4 +1,3 @@
-import os
+from export.cli import quiet_tensorflow
 
-# Quiet TensorFlow's C++ start-up chatter in test output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+quiet_tensorflow()  # before any test module imports TensorFlow

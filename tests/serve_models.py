@@ -7,7 +7,6 @@ test files that import these functions share one conversion per session.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,6 @@ def _exported(tmp_path_factory, name: str, build) -> Path:
     folder.mkdir(exist_ok=True)
     path = folder / f"{name}.onnx"
     if not path.exists():
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from export.to_onnx import convert
 
         convert(build(), path)

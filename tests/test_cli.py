@@ -39,16 +39,6 @@ def _files(folder):
     return sorted(p.name for p in Path(folder).rglob("*"))
 
 
-def _assert_one_line_error(proc, *fragments):
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 @pytest.fixture(scope="module")
 def dev_model(tmp_path_factory):
     path, _, _ = sentiment(tmp_path_factory.mktemp("dev"), name="dev.keras")
