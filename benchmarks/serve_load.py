@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     with silenced_stderr():
         texts, source = load_texts(args.data)
     with tempfile.TemporaryDirectory() as folder:
-        model_path = Path(args.model) if args.model else _export_bundled(Path(folder))
+        model_path = Path(args.model).resolve() if args.model else _export_bundled(Path(folder))
         if not texts:
             from export.runtime import TextClassifier
 
