@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.cli import cpu_name
+
 __all__ = ["TASKS", "main", "site_task", "baseline_predictions"]
 
 TASKS = ("sentiment", "site")
@@ -158,16 +160,6 @@ def report(results) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, Python {platform.python_version()}"
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.quality",
@@ -191,7 +183,7 @@ def main(argv=None) -> int:
     options = {"epochs": args.epochs} if args.epochs else {}
     started = time.perf_counter()
     results = run(args.data_dir, range(args.seeds), args.task or TASKS, say=say, **options)
-    print(f"Run of {datetime.date.today().isoformat()} on {_machine()}, "
+    print(f"Run of {datetime.date.today().isoformat()} on {cpu_name()}, Python {platform.python_version()}, "
           f"{time.perf_counter() - started:.0f} s\n")
     print(report(results))
     return 0

@@ -28,7 +28,6 @@ import datetime
 import itertools
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from export.cli import quiet_tensorflow, silenced_stderr
 
 quiet_tensorflow()  # load_texts and the export import TensorFlow
 
+from benchmarks.cli import cpu_name  # noqa: E402
 from benchmarks.inputs import REPO, generated_texts, load_texts  # noqa: E402
 
 __all__ = ["InProcess", "Scenario", "main", "measure"]
@@ -223,14 +223,8 @@ def _export_bundled(folder: Path) -> Path:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores usable, load average {load}"
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores usable, load average {load}"
 
 
 def _parser() -> argparse.ArgumentParser:
