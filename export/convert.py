@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.cli import import_training, one_line, quiet_tensorflow, silenced_stderr
+from export.cli import import_training, one_line, silenced_stderr
 from export.errors import ExportError, ParityError, UnsupportedLayerError
 from export.files import atomic_file
 from export.quantize import QuantizationReport, quantize as quantize_file
@@ -44,8 +44,6 @@ from export.runtime import METADATA_ENCODER_KEY, METADATA_PADDING_FREE_KEY
 from export.signature import ModelSignature, TensorSpec, tensorflow_keras
 from export.simplify import simplify, stable_names
 from export.validate import DEFAULT_ATOL, SAMPLE_TEXTS, sample_inputs, validate
-
-quiet_tensorflow()  # must precede the first TensorFlow import in this process
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -27,7 +27,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from export.cli import CliError, quiet_tensorflow, run
+from export.cli import CliError, run
 from export.convert import (
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
@@ -42,8 +42,6 @@ from export.convert import (
 from export.errors import ExportError, ExtraInputError, ParityError, UnbuiltModelError, UnsupportedLayerError
 from export.quantize import QuantizationReport
 from export.validate import SAMPLE_TEXTS
-
-quiet_tensorflow()  # must precede the first TensorFlow import in this process
 
 __all__ = [
     "ExportError",

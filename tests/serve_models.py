@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 def _exported(tmp_path_factory, name: str, build) -> Path:
@@ -84,3 +85,15 @@ def running_server(app):
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+@pytest.fixture(scope="module")
+def sentiment(tmp_path_factory):
+    """The bundled sentiment model, exported once per test session."""
+    return sentiment_onnx(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The two-float-input model, exported once per test session."""
+    return pair_onnx(tmp_path_factory)

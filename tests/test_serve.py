@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from serve_models import pair_feeds, pair_onnx, running_server, sentiment_onnx
+from serve_models import pair, pair_feeds, running_server, sentiment  # noqa: F401 - fixtures
 
 httpx = pytest.importorskip("httpx")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -30,16 +30,6 @@ from export.serve import Settings, create_app  # noqa: E402
 from export.text import TextEncoder  # noqa: E402
 
 TEXTS = ["What a great film, I loved it", "dull and boring", "not bad at all", "", "zyxxq unknownword"]
-
-
-@pytest.fixture(scope="module")
-def sentiment(tmp_path_factory):
-    return sentiment_onnx(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return pair_onnx(tmp_path_factory)
 
 
 class Reference:

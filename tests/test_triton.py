@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import pytest
 from google.protobuf import text_format
-from serve_models import pair_onnx, sentiment_onnx
+from serve_models import pair, sentiment  # noqa: F401 - fixtures
 
 from export.to_triton import main, model_config, write_repository
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 DataType = model_config_pb2.DataType
-
-
-@pytest.fixture(scope="module")
-def sentiment(tmp_path_factory):
-    return sentiment_onnx(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    return pair_onnx(tmp_path_factory)
 
 
 def parse(text: str):
