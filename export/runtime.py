@@ -42,6 +42,7 @@ __all__ = [
     "METADATA_ENCODER_KEY",
     "METADATA_PADDING_FREE_KEY",
     "PARALLEL_WORK",
+    "SPLIT_WORK",
     "OnnxModel",
     "Prediction",
     "SentimentPredictor",
@@ -62,25 +63,30 @@ METADATA_ENCODER_KEY = "text_encoder"
 METADATA_PADDING_FREE_KEY = "padding_free"
 
 #: Work of a call (elements of its largest input: rows x tokens for a text
-#: model) from which it pays to use more than one thread; smaller calls run on
-#: one. Measured with `python -m benchmarks.threads` on the bundled model and
-#: the tutorial's Flatten model (2 cores, 2026-11-28, one single-threaded call
-#: against the rows cut in two calls side by side, interleaved): at load
-#: average ~1.3, side by side won from 512 tokens on (0.49 against 0.51 ms at
-#: 64 x 8, 0.78 against 1.27 ms at 64 x 20); at load average 5.5 (other
-#: processes holding the second core) it lost up to 1024 (0.83 against 0.74
-#: ms at 128 x 8) and won from 2048 (1.53 against 1.63 ms). A call's fixed
-#: cost of handing work to a thread is 50-100 us, about 100 tokens here.
+#: model) from which it runs on onnxruntime's intra-op threads; smaller calls
+#: run on one thread, which pays no hand-off. Measured with `python -m
+#: benchmarks.threads` on the tutorial's and the bundled model (2 cores,
+#: 2026-11-28): the threads broke even between 640 and 1280 tokens (the
+#: tutorial's 16 x 40 ids: 0.35 ms against 0.44 back to back, 0.79 against
+#: 0.72 with a pause before each call; 32 x 40: 0.82 against 0.97, 0.93
+#: against 1.37).
 PARALLEL_WORK = 1024
 
-#: Most work (rows x tokens) one call of a text model gets: bigger batches
-#: are cut into calls of about this much. 1024 dense 40-token rows of the
-#: bundled model in calls of 16, 32, 64, 128, 256 and 512 rows, side by side
-#: on 2 threads: 48, 51, 71, 73, 86 and 95 ms (load average 5.5), and earlier
-#: at load 1.3 18.5 ms for 64 rows, 22 for 128, 26 for 256, 30 for 512: a big
-#: call's activations leave the caches (the attention alone is 6.4 KiB a row
-#: at 40 tokens), while calls under ~500 tokens pay their fixed cost.
-MAX_CALL_WORK = 2048
+#: Work per usable core from which a text model's rows run as independent
+#: single-threaded calls of `MAX_CALL_WORK` side by side, the calling thread
+#: taking its share, instead of one call on the intra-op threads. Side by
+#: side won from 1024-2560 tokens a core on the bundled model and from 5120
+#: on the tutorial's (1024 x 40 ids: 18.7 ms against 25.1; 128 x 40: 2.70
+#: against 2.45), and it holds up when other processes take a core, where an
+#: intra-op call waits at every op (1024 x 40 with two busy processes: 36 ms
+#: against 70).
+SPLIT_WORK = 2048
+
+#: Most work (rows x tokens) of one call when rows run side by side: 1024 rows
+#: of 40 tokens took 19.3, 18.1, 17.9, 18.7 and 20.8 ms in calls of 320, 640,
+#: 1280, 2560 and 5120 tokens: bigger calls' activations leave the caches,
+#: smaller ones pay their fixed cost more often.
+MAX_CALL_WORK = 1024
 
 #: A single row of up to this many ids is checked with Python's min/max on a
 #: list: 1.9 us against 1.4 us for the numpy reduction alone at 40 ids, but
@@ -165,7 +171,8 @@ class OnnxModel:
             this process may use (`usable_cores`). A call whose work (the
             element count of its largest input: rows x tokens for a text
             model) is below `PARALLEL_WORK` runs on one thread, a larger one
-            on all of them: threads cost more than they save on small calls.
+            on onnxruntime's intra-op threads: threads cost more than they
+            save on small calls.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -184,10 +191,12 @@ class OnnxModel:
         cores = usable_cores()
         self.threads = cores if threads is None else min(int(threads), cores)
         self._session = open_session(self.path, threads=1)
+        self._run_one = _checked_runner(self._session)
         # Opened on first use: a session whose runs use every allowed core
-        # (for big calls of `run`), and a pool running independent
-        # single-threaded calls side by side (for `_run_many`).
+        # (for big calls), and the helper threads that run independent
+        # single-threaded calls beside the calling thread (`_run_many`).
         self._parallel_session = None
+        self._run_parallel = None
         self._pool = None
         self._lock = threading.Lock()
         self.metadata: dict[str, str] = dict(self._session.get_modelmeta().custom_metadata_map)
@@ -215,16 +224,14 @@ class OnnxModel:
                 naming the input.
 
         A call of `PARALLEL_WORK` or more runs on onnxruntime's intra-op
-        threads (the graph's ops split across cores), which is right for any
-        model; `TextClassifier` instead runs its independent rows as separate
-        single-threaded calls side by side (`OnnxModel._run_many`), which holds up better
-        when other processes share the cores.
+        threads (each op split across cores), which is right for any model;
+        `TextClassifier`, which knows its rows are independent, also runs
+        big batches as single-threaded calls side by side (`SPLIT_WORK`).
         """
         checked = self.check_feeds(feeds)
         names = self._output_names if outputs is None else self._check_outputs(outputs)
         work = max((value.size for value in checked.values()), default=0)
-        session = self._parallel() if work >= PARALLEL_WORK and self.threads > 1 else self._open()
-        return dict(zip(names, session.run(names, checked)))
+        return dict(zip(names, self._run_checked(names, checked, parallel=work >= PARALLEL_WORK)))
 
     def check_feeds(self, feeds: Mapping[str, object]) -> dict[str, np.ndarray]:
         """``feeds`` as onnxruntime takes them: checked and safely cast (see `run`).
@@ -244,26 +251,53 @@ class OnnxModel:
             checked[spec.name] = _check_feed(spec, feeds[spec.name])
         return checked
 
-    def _run_many(self, function, items: Sequence, *, parallel: bool = True) -> None:
-        """Call ``function(item)`` for each item; with ``parallel``, side by side on up to `threads` threads.
+    def _run_many(self, function, items: Sequence) -> None:
+        """Call ``function(item)`` for each item, side by side on up to `threads` threads.
 
-        For independent calls of `_run_checked` (each on one thread): the
-        cores stay busy without onnxruntime's per-op synchronisation. Returns
-        when all are done; the first exception raised is raised here.
+        For independent single-threaded calls of `_run_checked`: the cores
+        stay busy without onnxruntime's per-op synchronisation. The calling
+        thread takes items too, beside ``threads - 1`` helpers, each taking
+        the next item when done with one (so a slower core takes fewer).
+        Returns when all are done; the first exception raised is raised here,
+        and no item is started after it.
         """
-        if not parallel or self.threads == 1 or len(items) < 2:
+        helpers = min(self.threads, len(items)) - 1
+        if helpers < 1:
             for item in items:
                 function(item)
             return
-        for _ in self._executor().map(function, items):
-            pass
+        pending = iter(items)
+        lock = threading.Lock()
+        failed = threading.Event()
 
-    def _run_checked(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """onnxruntime's own ``run`` on one thread, for feeds already checked (`check_feeds`)."""
-        session = self._session  # None once closed
-        if session is None:
+        def take_items() -> None:
+            while not failed.is_set():
+                with lock:
+                    item = next(pending, _NO_ITEM)
+                if item is _NO_ITEM:
+                    return
+                try:
+                    function(item)
+                except BaseException:
+                    failed.set()
+                    raise
+
+        executor = self._executor()
+        started = [executor.submit(take_items) for _ in range(helpers)]
+        try:
+            take_items()
+        finally:
+            errors = [future.exception() for future in started]  # waits for every helper
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def _run_checked(self, names: list[str], feeds: dict[str, np.ndarray], *, parallel: bool = False) -> list[np.ndarray]:
+        """One onnxruntime run of feeds already checked (`check_feeds`): on one thread, or on the intra-op threads."""
+        run = self._parallel() if parallel and self.threads > 1 else self._run_one  # None once closed
+        if run is None:
             raise ValueError(f"{self!r} is closed")
-        return session.run(names, feeds)
+        return run(names, feeds, None)
 
     def _check_outputs(self, outputs: Sequence[str]) -> list[str]:
         names = [outputs] if isinstance(outputs, str) else list(outputs)
@@ -272,26 +306,20 @@ class OnnxModel:
                 raise ValueError(f"unknown output {name!r}: the model's outputs are {self._output_names}")
         return names
 
-    def _open(self):
-        if self._session is None:
-            raise ValueError(f"{self!r} is closed")
-        return self._session
-
     def _parallel(self):
-        if self._parallel_session is None:
+        """The run function of the session on every allowed core (None once closed)."""
+        if self._run_parallel is None:
             with self._lock:
-                if self._parallel_session is None and self._session is not None:
+                if self._run_parallel is None and self._session is not None:
                     self._parallel_session = open_session(self.path, threads=self.threads)
-        session = self._parallel_session  # None once closed
-        if session is None:
-            raise ValueError(f"{self!r} is closed")
-        return session
+                    self._run_parallel = _checked_runner(self._parallel_session)
+        return self._run_parallel
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
             with self._lock:
                 if self._pool is None and self._session is not None:
-                    self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx-model")
+                    self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="onnx-model")
         pool = self._pool  # None once closed
         if pool is None:
             raise ValueError(f"{self!r} is closed")
@@ -300,9 +328,9 @@ class OnnxModel:
     def close(self) -> None:
         """Release the sessions and thread pools; the model cannot run afterwards."""
         with self._lock:
-            self._session = None
+            self._session = self._run_one = None
             pool, self._pool = self._pool, None
-            self._parallel_session = None
+            self._parallel_session = self._run_parallel = None
         if pool is not None:
             pool.shutdown(wait=True)
 
@@ -314,6 +342,22 @@ class OnnxModel:
 
     def __repr__(self) -> str:
         return f"OnnxModel({str(self.path)!r}, threads={self.threads})"
+
+
+_NO_ITEM = object()
+
+
+def _checked_runner(session):
+    """``run(names, feeds, run_options)`` of ``session``, for feeds already checked by `OnnxModel.check_feeds`.
+
+    onnxruntime's binding itself when the session exposes it: the Python
+    wrapper's ``run`` checks the feed's names again, 2 us of the 48 us a
+    one-sentence call of the tutorial's model takes (2026-11-28).
+    """
+    binding = getattr(session, "_sess", None)
+    if callable(getattr(binding, "run", None)):
+        return binding.run
+    return lambda names, feeds, run_options: session.run(names, feeds, run_options)
 
 
 def _check_feed(spec: TensorSpec, value) -> np.ndarray:
@@ -499,8 +543,12 @@ class TextClassifier:
     sentiment builder's models without Flatten are) runs each row cut after
     its last word, rows of similar lengths batched together (`plan_chunks`),
     its attention padded back with zeros: the padded run's outputs, for less
-    work. Other models run as given, in calls of at most `MAX_CALL_WORK`.
-    Safe to share between threads.
+    work. Other models run their rows as given.
+
+    How a batch runs depends on its work (rows x tokens, after cutting): under
+    `PARALLEL_WORK` on one thread; up to `SPLIT_WORK` per core as one call on
+    onnxruntime's intra-op threads; above that as calls of `MAX_CALL_WORK`
+    side by side, one per core at a time. Safe to share between threads.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
@@ -526,12 +574,16 @@ class TextClassifier:
             raise ValueError(f"{self.path}: expected one integer input of shape (batch, seq_len), found {found}")
         self._input = inputs[0]
         self._input_dtype = np.dtype(inputs[0].dtype)
+        # The same bytes read as unsigned: a negative id reads as a huge one,
+        # so one `max` checks both ends of the vocabulary.
+        self._unsigned_dtype = np.dtype(f"u{self._input_dtype.itemsize}")
         length = inputs[0].shape[1]
         if length is not None and length != self.encoder.seq_len:
             raise ValueError(
                 f"{self.path}: the model reads {length} tokens but its encoder writes {self.encoder.seq_len}"
             )
         self._fixed_length = length is not None
+        self._one_row = (1, length) if self._fixed_length and length <= _ROW_IDS else None
         self._trims = not self._fixed_length and self.model.metadata.get(METADATA_PADDING_FREE_KEY) == "true"
         outputs = {spec.name: spec for spec in self.model.outputs}
         if _PROBABILITY not in outputs:
@@ -587,20 +639,19 @@ class TextClassifier:
         Raises:
             ValueError: wrong dtype, shape, or an id outside the vocabulary.
         """
-        if (
-            type(ids) is np.ndarray
-            and ids.dtype == self._input_dtype
-            and ids.shape[0] == 1
-            and ids.ndim == 2
-            and 0 < ids.shape[1] <= _ROW_IDS
-            and (not self._fixed_length or ids.shape[1] == self._seq_len)
-            and ids.flags.c_contiguous
-        ):
-            # One encoded sentence: Python's min/max on its list is cheaper
-            # than numpy's reductions at this size.
-            row = ids[0].tolist()
-            if min(row) >= 0 and max(row) < self._vocab_size:
-                return self._run_row(ids, row)
+        # One encoded sentence, the common case of a server: its few
+        # microseconds of checks are part of every call, so they are the
+        # cheapest that hold (onnxruntime takes any strides, so no copy).
+        if type(ids) is np.ndarray and ids.dtype is self._input_dtype:
+            shape = ids.shape
+            if shape == self._one_row or (
+                not self._fixed_length and len(shape) == 2 and shape[0] == 1 and 0 < shape[1] <= _ROW_IDS
+            ):
+                # Python's max on the row's list is cheaper than numpy's
+                # reductions at this size.
+                row = ids[0].view(self._unsigned_dtype).tolist()
+                if max(row) < self._vocab_size:
+                    return self._run_row(ids, row)
         return self._run_ids(self._check_ids(ids))
 
     def _run_ids(self, ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -610,27 +661,28 @@ class TextClassifier:
         if n == 1:
             return self._run_row(ids, ids[0].tolist())
         threads = self.model.threads
-        if self._trims:
-            lengths = sequence_lengths(ids)
-            work = int(lengths.sum()) + n  # rows cut after their last word: about the work left
-            # Once the work is worth sharing, at least a call for every thread.
-            max_work = MAX_CALL_WORK if work < PARALLEL_WORK else min(MAX_CALL_WORK, -(-work // threads))
-            chunks = plan_chunks(lengths, max_work=max_work, min_work=min(PARALLEL_WORK, max_work))
+        lengths = sequence_lengths(ids) if self._trims else None
+        # Rows cut after their last word: about the work left.
+        work = int(lengths.sum()) + n if self._trims else n * width
+        side_by_side = threads > 1 and work >= SPLIT_WORK * threads
+        if self._trims:  # rows of similar lengths together
+            chunks = plan_chunks(lengths, max_work=MAX_CALL_WORK, min_work=min(PARALLEL_WORK, MAX_CALL_WORK))
             if len(chunks) == 1:  # one call on every row, in order
                 chunks = [(slice(None), chunks[0][1])]
-        else:
-            work = n * width
-            # Rows that are not cut are cut in calls only when one call would
-            # exceed MAX_CALL_WORK: the tutorial's Flatten model on 64 x 32
-            # ids took 1.29 ms in one single-threaded call, 1.48 ms as two
-            # calls side by side and 1.32 ms on a default session (2 cores,
-            # idle, 2026-11-28).
-            max_work = MAX_CALL_WORK if work <= MAX_CALL_WORK else min(MAX_CALL_WORK, -(-work // threads))
-            step = max(max_work // width, 1)
+        elif side_by_side or threads == 1:
+            # Calls of equal size, a multiple of the threads when side by
+            # side so that no core waits on a last call.
+            calls = -(-work // MAX_CALL_WORK)
+            if side_by_side:
+                calls = -(-calls // threads) * threads
+            step = -(-n // calls)
             chunks = [(slice(start, start + step), width) for start in range(0, n, step)]
+        else:  # one call, its ops split across the cores when it is big enough
+            chunks = [(slice(None), width)]
         feed = self._input.name
         if len(chunks) == 1 and chunks[0][1] == width:
-            return dict(zip(self._outputs, self.model._run_checked(self._outputs, {feed: ids})))
+            out = self.model._run_checked(self._outputs, {feed: ids}, parallel=ids.size >= PARALLEL_WORK)
+            return dict(zip(self._outputs, out))
         results = self._empty(width, n)
         probability = results[_PROBABILITY]
         attention = results.get(_ATTENTION)
@@ -640,21 +692,28 @@ class TextClassifier:
             part = ids[rows]
             if length < width:
                 part = np.ascontiguousarray(part[:, :length])
-            out = self.model._run_checked(self._outputs, {feed: part})
+            parallel = not side_by_side and part.size >= PARALLEL_WORK
+            out = self.model._run_checked(self._outputs, {feed: part}, parallel=parallel)
             probability[rows] = out[0]
             if attention is not None:
                 attention[rows, :length, :length] = out[1]
 
-        self.model._run_many(run, chunks, parallel=work >= PARALLEL_WORK)
+        if side_by_side:
+            self.model._run_many(run, chunks)
+        else:
+            for chunk in chunks:
+                run(chunk)
         return results
 
     def _run_row(self, ids: np.ndarray, row: list[int]) -> dict[str, np.ndarray]:
-        """One checked row: the per-call overhead is what batch 1 measures, so no planning."""
-        width = len(row)
-        length = _row_length(row) if self._trims else width
-        if length == width:
-            return dict(zip(self._outputs, self.model._run_checked(self._outputs, {self._input.name: ids})))
-        out = self.model._run_checked(self._outputs, {self._input.name: ids[:, :length]})
+        """One checked row, its ids as a list: the per-call overhead is what batch 1 measures, so no planning."""
+        run = self.model._run_one  # None once closed
+        if run is None:
+            raise ValueError(f"{self.model!r} is closed")
+        if not self._trims or row[-1] != 0:  # nothing to cut
+            return dict(zip(self._outputs, run(self._outputs, {self._input.name: ids}, None)))
+        width, length = len(row), _row_length(row)
+        out = run(self._outputs, {self._input.name: ids[:, :length]}, None)
         results = {_PROBABILITY: out[0]}
         if self._has_attention:
             results[_ATTENTION] = attention = np.zeros((1, width, width), np.float32)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import keras
 import numpy as np
@@ -21,6 +22,7 @@ from export.runtime import (
     SentimentPredictor,
     TensorSpec,
     TextClassifier,
+    _checked_runner,
     plan_chunks,
     read_metadata,
     sequence_lengths,
@@ -249,6 +251,7 @@ def test_prediction_top_and_dict(predictor):
         (np.zeros((2, 8), bool), "integers"),
         (np.array(["a"] * 8)[None], "integers"),
         (np.zeros(8, np.int32), "shape"),
+        (np.zeros((), np.int32), "shape"),
         (np.zeros((2, 8, 1), np.int32), "shape"),
         (np.full((2, 8), 10_000, np.int64), "outside the vocabulary"),
         (np.full((2, 8), -1, np.int32), "outside the vocabulary"),
@@ -423,6 +426,42 @@ def test_onnx_model_casts_integers_only_when_they_fit(exported):
         onnx_model.run({"tokens": ids}, outputs=["nope"])
 
 
+def test_calls_side_by_side_run_each_item_once_and_stop_at_the_first_error(exported):
+    model = OnnxModel(exported[1], threads=2)
+    seen, lock = [], threading.Lock()
+
+    def record(item):
+        time.sleep(0.001)
+        with lock:
+            seen.append((item, threading.get_ident()))
+
+    model._run_many(record, list(range(50)))
+    assert sorted(item for item, _ in seen) == list(range(50))
+    threads_used = {ident for _, ident in seen}
+    assert threading.get_ident() in threads_used  # the calling thread takes its share
+    assert len(threads_used) == model.threads
+    started = []
+
+    def fail_on_three(item):
+        started.append(item)
+        if item == 3:
+            raise RuntimeError("call 3 failed")
+        time.sleep(0.01)
+
+    with pytest.raises(RuntimeError, match="call 3 failed"):
+        model._run_many(fail_on_three, list(range(40)))
+    assert len(started) < 10  # no call starts once one failed
+    model.close()
+
+
+def test_a_session_without_the_private_binding_runs_through_its_public_run():
+    class Session:  # what a future onnxruntime without `_sess` would be
+        def run(self, names, feeds, run_options=None):
+            return [names, feeds, run_options]
+
+    assert _checked_runner(Session())(["y"], {"x": 1}, None) == [["y"], {"x": 1}, None]
+
+
 @pytest.mark.parametrize("threads", [0, -1, 1.5, True, "2"])
 def test_threads_must_be_a_positive_integer(exported, threads):
     with pytest.raises(ValueError, match="threads"):
@@ -548,7 +587,7 @@ def test_fixed_length_model_runs_whole_rows(tmp_path):
     classifier = TextClassifier(tmp_path / "fixed.onnx")
     ids = padded_ids(np.random.default_rng(5), 700, 8, classifier.vocab_size)
     expected = _reference(tmp_path / "fixed.onnx", {"tokens": ids})
-    for rows in (ids, ids[:1], ids[:20]):
+    for rows in (ids, ids[:1], ids[:20], ids[:200]):  # side by side, one row, one thread, intra-op threads
         got = classifier.run_ids(rows)
         for name in expected:
             np.testing.assert_allclose(got[name], expected[name][: len(rows)], rtol=0, atol=1e-6)
