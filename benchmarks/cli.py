@@ -116,6 +116,10 @@ def _time_case(runs: dict, ids_by_batch: dict, texts_by_batch: dict, mode: dict,
         runtime = per_path[paths_mod.RUNTIME][str(batch)]
         runtime["speedup_vs"] = {name: timing.paired_speedup(rounds, samples[paths_mod.RUNTIME])
                                  for name, rounds in samples.items() if name != paths_mod.RUNTIME}
+        if paths_mod.ORT_DEFAULT_TWIN in samples:
+            per_path[paths_mod.ORT_DEFAULT_TWIN][str(batch)]["speedup_vs"] = {
+                paths_mod.ORT_DEFAULT: timing.paired_speedup(samples[paths_mod.ORT_DEFAULT],
+                                                             samples[paths_mod.ORT_DEFAULT_TWIN])}
     return per_path
 
 

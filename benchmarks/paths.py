@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BASELINE", "KERAS_ONNX", "ORT_DEFAULT", "RUNTIME", "build_paths"]
+__all__ = ["BASELINE", "KERAS_ONNX", "ORT_DEFAULT", "ORT_DEFAULT_TWIN", "RUNTIME", "build_paths"]
 
 #: The path every ratio is taken against: the fastest plain TensorFlow one.
 BASELINE = "tf.function"
@@ -12,6 +12,10 @@ BASELINE = "tf.function"
 KERAS_ONNX = "keras onnx (ort default)"
 #: Our exported file on a default InferenceSession: what the runtime adds over plain onnxruntime.
 ORT_DEFAULT = "our file (ort default)"
+#: A second default session on our file, timed like the first: their ratio is
+#: how far two identical paths drift apart in one run (the noise floor of the
+#: comparison with ORT_DEFAULT).
+ORT_DEFAULT_TWIN = "our file (ort default, 2nd session)"
 #: `export.runtime` with its defaults on our file.
 RUNTIME = "runtime fp32"
 
@@ -24,7 +28,7 @@ def build_paths(model, keras_onnx: str, ours_fp32: str, ours_int8: str | None = 
     which only ``runtime fp32 text`` reads) and hand back numpy outputs, so
     TensorFlow's tensor conversions are counted as onnxruntime's are.
     ``full=False`` keeps the paths the comparison targets need: tf.function,
-    the two files on default sessions and the runtime.
+    the two files on default sessions (ours twice) and the runtime.
     """
     import onnxruntime as ort
     import tensorflow as tf
@@ -68,6 +72,7 @@ def build_paths(model, keras_onnx: str, ours_fp32: str, ours_int8: str | None = 
     paths[BASELINE] = tf_function
     paths[KERAS_ONNX] = default_session(keras_onnx)
     paths[ORT_DEFAULT] = default_session(ours_fp32)
+    paths[ORT_DEFAULT_TWIN] = default_session(ours_fp32)
     paths[RUNTIME] = lambda ids, texts: fp32.run_ids(ids)["probability"]
     if not full:
         return paths

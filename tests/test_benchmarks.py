@@ -33,20 +33,24 @@ def test_json_has_every_figure(smoke):
         assert key in results, key
     assert {"date", "cpu", "cores", "python", "onnxruntime", "tensorflow"} <= set(results["machine"])
     expected = {"keras predict", "keras eager", "tf.function", "keras onnx (ort default)", "our file (ort default)",
-                "runtime fp32", "runtime int8", "runtime fp32 1 thread", "runtime fp32 text"}
+                "our file (ort default, 2nd session)", "runtime fp32", "runtime int8", "runtime fp32 1 thread",
+                "runtime fp32 text"}
     assert set(results["paths"]) == expected
     for by_batch in results["paths"].values():
         assert set(by_batch) == {str(b) for b in results["batches"]}
         for summary in by_batch.values():
             assert summary["sentences_per_s"] > 0
             assert {"p50_ms", "p99_ms", "speedup_vs_baseline", "roofline_share"} <= set(summary)
-    compared = {"tf.function", "keras onnx (ort default)", "our file (ort default)", "runtime fp32"}
+    compared = {"tf.function", "keras onnx (ort default)", "our file (ort default)",
+                "our file (ort default, 2nd session)", "runtime fp32"}
     assert set(results["cases"]) == {"bundled model, half-length rows", "bundled model, dense full-length rows",
                                      "tutorial model (Flatten), sentences"}
     for by_path in results["cases"].values():
         assert set(by_path) == compared
         for summary in by_path["runtime fp32"].values():
             assert set(summary["speedup_vs"]) == compared - {"runtime fp32"}
+        for summary in by_path["our file (ort default, 2nd session)"].values():
+            assert summary["speedup_vs"]["our file (ort default)"] > 0
     assert results["runtime_batch_sweep"] and all(s["sentences_per_s"] > 0 for s in results["runtime_batch_sweep"].values())
     assert results["flops"]["total"] > 0 and not results["flops"]["ignored"]
     assert set(results["cold_start"]) == {"keras load_model + predict", "runtime SentimentPredictor"}
@@ -61,6 +65,7 @@ def test_markdown_report_on_stdout(smoke):
     done, _ = smoke
     assert "| tf.function |" in done.stdout
     assert "## Targets" in done.stdout
+    assert "Noise floor of the comparisons with default sessions: a second default session" in done.stdout
     assert "[1/" in done.stderr  # progress goes to stderr, not into the report
     assert "[1/" not in done.stdout
 
@@ -78,3 +83,27 @@ def test_help():
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "--quick" in done.stdout and "--json" in done.stdout
+
+
+def test_threads_sweep_prints_the_three_tables(tmp_path):
+    """`python -m benchmarks.threads` on a small fixed-length model: numpy and onnxruntime only."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [100, 4], np.ones(400, np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "tokens"], ["probability"])], "lookup",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT32, ["batch", 8])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch", 8, 4])], [table])
+    path = tmp_path / "lookup.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.threads", str(path), "--rounds", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for heading in ("Small calls:", "Big calls (side by side: calls of", "1024 rows of 8 tokens in calls"):
+        assert heading in done.stdout
+    assert "| 1024 x 8 | " in done.stdout
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.threads", str(tmp_path / "missing.onnx")],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no such file" in bad.stderr
