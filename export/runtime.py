@@ -72,14 +72,16 @@ METADATA_PADDING_FREE_KEY = "padding_free"
 #: against 1.37).
 PARALLEL_WORK = 1024
 
-#: Work per usable core from which a text model's rows run as independent
+#: Work per usable core from which rows that are not cut (a fixed-length
+#: model's, or any model not found padding-free) run as independent
 #: single-threaded calls of `MAX_CALL_WORK` side by side, the calling thread
-#: taking its share, instead of one call on the intra-op threads. Side by
-#: side won from 1024-2560 tokens a core on the bundled model and from 5120
-#: on the tutorial's (1024 x 40 ids: 18.7 ms against 25.1; 128 x 40: 2.70
-#: against 2.45), and it holds up when other processes take a core, where an
+#: taking its share, instead of one call on the intra-op threads. Side by side
+#: won from 5120 tokens a core on the tutorial's model (1024 x 40 ids: 18.7 ms
+#: against 25.1; 128 x 40: 2.70 against 2.45), and from 1024-2560 on the
+#: bundled one, and it holds up when other processes take a core, where an
 #: intra-op call waits at every op (1024 x 40 with two busy processes: 36 ms
-#: against 70).
+#: against 70). Rows that are cut are several calls already (`plan_chunks`):
+#: they run side by side from `PARALLEL_WORK` on.
 SPLIT_WORK = 2048
 
 #: Most work (rows x tokens) of one call when rows run side by side: 1024 rows
@@ -546,9 +548,10 @@ class TextClassifier:
     work. Other models run their rows as given.
 
     How a batch runs depends on its work (rows x tokens, after cutting): under
-    `PARALLEL_WORK` on one thread; up to `SPLIT_WORK` per core as one call on
-    onnxruntime's intra-op threads; above that as calls of `MAX_CALL_WORK`
-    side by side, one per core at a time. Safe to share between threads.
+    `PARALLEL_WORK` on one thread. Above, rows that are cut run as their
+    calls side by side, one per core at a time; rows that are not run as one
+    call on onnxruntime's intra-op threads, and from `SPLIT_WORK` per core as
+    calls of `MAX_CALL_WORK` side by side. Safe to share between threads.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
@@ -664,21 +667,26 @@ class TextClassifier:
         lengths = sequence_lengths(ids) if self._trims else None
         # Rows cut after their last word: about the work left.
         work = int(lengths.sum()) + n if self._trims else n * width
-        side_by_side = threads > 1 and work >= SPLIT_WORK * threads
-        if self._trims:  # rows of similar lengths together
-            chunks = plan_chunks(lengths, max_work=MAX_CALL_WORK, min_work=min(PARALLEL_WORK, MAX_CALL_WORK))
+        if self._trims:
+            # Rows of similar lengths together, at least a call per thread
+            # once the work is worth sharing: the calls run side by side.
+            max_work = MAX_CALL_WORK if work < PARALLEL_WORK else min(MAX_CALL_WORK, -(-work // threads))
+            chunks = plan_chunks(lengths, max_work=max_work, min_work=min(PARALLEL_WORK, max_work))
+            side_by_side = threads > 1 and work >= PARALLEL_WORK and len(chunks) > 1
             if len(chunks) == 1:  # one call on every row, in order
                 chunks = [(slice(None), chunks[0][1])]
-        elif side_by_side or threads == 1:
-            # Calls of equal size, a multiple of the threads when side by
-            # side so that no core waits on a last call.
-            calls = -(-work // MAX_CALL_WORK)
-            if side_by_side:
-                calls = -(-calls // threads) * threads
-            step = -(-n // calls)
-            chunks = [(slice(start, start + step), width) for start in range(0, n, step)]
-        else:  # one call, its ops split across the cores when it is big enough
-            chunks = [(slice(None), width)]
+        else:
+            side_by_side = threads > 1 and work >= SPLIT_WORK * threads
+            if side_by_side or threads == 1:
+                # Calls of equal size, a multiple of the threads when side by
+                # side so that no core waits on a last call.
+                calls = -(-work // MAX_CALL_WORK)
+                if side_by_side:
+                    calls = -(-calls // threads) * threads
+                step = -(-n // calls)
+                chunks = [(slice(start, start + step), width) for start in range(0, n, step)]
+            else:  # one call, its ops split across the cores when it is big enough
+                chunks = [(slice(None), width)]
         feed = self._input.name
         if len(chunks) == 1 and chunks[0][1] == width:
             out = self.model._run_checked(self._outputs, {feed: ids}, parallel=ids.size >= PARALLEL_WORK)
