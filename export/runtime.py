@@ -667,20 +667,21 @@ class TextClassifier:
         lengths = sequence_lengths(ids) if self._trims else None
         # Rows cut after their last word: about the work left.
         work = int(lengths.sum()) + n if self._trims else n * width
-        if self._trims:
-            # Rows of similar lengths together, at least a call per thread
-            # once the work is worth sharing: the calls run side by side.
-            max_work = MAX_CALL_WORK if work < PARALLEL_WORK else min(MAX_CALL_WORK, -(-work // threads))
+        # Calls of at most MAX_CALL_WORK; when they run side by side, as many
+        # as a multiple of the threads, so that no core waits on a last call.
+        calls = -(-work // MAX_CALL_WORK)
+        if self._trims:  # rows of similar lengths together, side by side once worth sharing
+            side_by_side = threads > 1 and work >= PARALLEL_WORK
+            if side_by_side:
+                calls = -(-calls // threads) * threads
+            max_work = -(-work // calls)
             chunks = plan_chunks(lengths, max_work=max_work, min_work=min(PARALLEL_WORK, max_work))
-            side_by_side = threads > 1 and work >= PARALLEL_WORK and len(chunks) > 1
+            side_by_side = side_by_side and len(chunks) > 1
             if len(chunks) == 1:  # one call on every row, in order
                 chunks = [(slice(None), chunks[0][1])]
         else:
             side_by_side = threads > 1 and work >= SPLIT_WORK * threads
             if side_by_side or threads == 1:
-                # Calls of equal size, a multiple of the threads when side by
-                # side so that no core waits on a last call.
-                calls = -(-work // MAX_CALL_WORK)
                 if side_by_side:
                     calls = -(-calls // threads) * threads
                 step = -(-n // calls)
