@@ -62,15 +62,17 @@ METADATA_ENCODER_KEY = "text_encoder"
 #: then does the runtime skip padding.
 METADATA_PADDING_FREE_KEY = "padding_free"
 
-#: Work of a call (elements of its largest input: rows x tokens for a text
-#: model) from which it runs on onnxruntime's intra-op threads; smaller calls
-#: run on one thread, which pays no hand-off. Measured with `python -m
-#: benchmarks.threads` on the tutorial's and the bundled model (2 cores,
-#: 2026-11-28): the threads broke even between 640 and 1280 tokens (the
-#: tutorial's 16 x 40 ids: 0.35 ms against 0.44 back to back, 0.79 against
-#: 0.72 with a pause before each call; 32 x 40: 0.82 against 0.97, 0.93
-#: against 1.37).
-PARALLEL_WORK = 1024
+#: Work (elements of the largest input: rows x tokens for a text model) from
+#: which a call runs on onnxruntime's intra-op threads, and from which a text
+#: model's rows that are cut run as calls side by side; less runs on one
+#: thread, which pays no hand-off. Measured with `python -m benchmarks.threads`
+#: and on real sentences (2 cores, 2026-11-28): the intra-op threads won from
+#: 160-320 tokens on idle cores (the tutorial's 8 x 40 ids: 0.24 ms against
+#: 0.31) but only from 640-1280 when each call came after a pause; the bundled
+#: model's 64 cut sentences (864 tokens) took 1.04 ms side by side against 1.55
+#: on one thread, its 32 (476 tokens) 0.86 against 0.86; side by side lost up
+#: to 1024 tokens when other processes held the cores.
+PARALLEL_WORK = 512
 
 #: Work per usable core from which rows that are not cut (a fixed-length
 #: model's, or any model not found padding-free) run as independent
