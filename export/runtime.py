@@ -80,10 +80,11 @@ PARALLEL_WORK = 512
 #: taking its share, instead of one call on the intra-op threads. Side by side
 #: won from 5120 tokens a core on the tutorial's model (1024 x 40 ids: 18.7 ms
 #: against 25.1; 128 x 40: 2.70 against 2.45), and from 1024-2560 on the
-#: bundled one, and it holds up when other processes take a core, where an
-#: intra-op call waits at every op (1024 x 40 with two busy processes: 36 ms
-#: against 70). Rows that are cut are several calls already (`plan_chunks`):
-#: they run side by side from `PARALLEL_WORK` on.
+#: bundled one; with two busy processes on the 2 cores, from 2560 on the
+#: bundled one (128 x 40: 4.3 ms against 7.8), where an intra-op call waits
+#: at every op (the tutorial's 1024 x 40: 36 ms against 70). 2048 sits
+#: between them. Rows that are cut are several calls already
+#: (`plan_chunks`): they run side by side from `PARALLEL_WORK` on.
 SPLIT_WORK = 2048
 
 #: Most work (rows x tokens) of one call when rows run side by side: 1024 rows
