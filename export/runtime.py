@@ -670,23 +670,17 @@ class TextClassifier:
         lengths = sequence_lengths(ids) if self._trims else None
         # Rows cut after their last word: about the work left.
         work = int(lengths.sum()) + n if self._trims else n * width
-        # Calls of at most MAX_CALL_WORK; when they run side by side, as many
-        # as a multiple of the threads, so that no core waits on a last call.
-        calls = -(-work // MAX_CALL_WORK)
         if self._trims:  # rows of similar lengths together, side by side once worth sharing
             side_by_side = threads > 1 and work >= PARALLEL_WORK
-            if side_by_side:
-                calls = -(-calls // threads) * threads
-            max_work = -(-work // calls)
+            max_work = -(-work // _calls_side_by_side(work, threads)) if side_by_side else MAX_CALL_WORK
             chunks = plan_chunks(lengths, max_work=max_work, min_work=min(PARALLEL_WORK, max_work))
             side_by_side = side_by_side and len(chunks) > 1
             if len(chunks) == 1:  # one call on every row, in order
                 chunks = [(slice(None), chunks[0][1])]
         else:
             side_by_side = threads > 1 and work >= SPLIT_WORK * threads
-            if side_by_side or threads == 1:
-                if side_by_side:
-                    calls = -(-calls // threads) * threads
+            if side_by_side or threads == 1:  # calls of equal size
+                calls = _calls_side_by_side(work, threads) if side_by_side else -(-work // MAX_CALL_WORK)
                 step = -(-n // calls)
                 chunks = [(slice(start, start + step), width) for start in range(0, n, step)]
             else:  # one call, its ops split across the cores when it is big enough
@@ -844,6 +838,15 @@ class TextClassifier:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, {self.encoder!r})"
+
+
+def _calls_side_by_side(work: int, threads: int) -> int:
+    """How many calls ``work`` tokens make side by side: of at most `MAX_CALL_WORK`, a multiple of ``threads``.
+
+    A multiple, so that no core is left alone with a last call.
+    """
+    calls = -(-work // MAX_CALL_WORK)
+    return -(-calls // threads) * threads
 
 
 def _row_length(row: list[int]) -> int:

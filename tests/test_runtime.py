@@ -563,6 +563,19 @@ def test_text_classifier_runs_equal_the_padded_run(trimmable, threads):
                                rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("threads", [1, None])
+def test_a_small_batch_of_cut_rows_is_one_call(trimmable, threads):
+    """Each onnxruntime call costs tens of microseconds: a few short rows must not become several."""
+    classifier = TextClassifier(trimmable, threads=threads)
+    calls = []
+    run_one = classifier.model._run_one
+    classifier.model._run_one = lambda *args: calls.append(args[1]["tokens"].shape) or run_one(*args)
+    ids = _mixed_ids(np.random.default_rng(3), 8, classifier.seq_len, classifier.vocab_size)
+    expected = _reference(trimmable, {"tokens": ids})
+    np.testing.assert_allclose(classifier.run_ids(ids)["probability"], expected["probability"], rtol=0, atol=1e-6)
+    assert calls == [(8, int(sequence_lengths(ids).max()))]
+
+
 def test_a_model_whose_padding_matters_runs_padded(tmp_path):
     encoder = TextEncoder.fit(SENTENCES, num_words=30, seq_len=12)
     model = trimmable_sentiment_model(encoder.vocab_size, zero_padding=False)
