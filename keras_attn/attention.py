@@ -7,9 +7,107 @@ from keras import ops
 # Attention overflows (|scores| > 65504) and fills masked keys with -65504,
 # which gives NaN for fully masked rows.
 _LOW_PRECISION = ("float16", "bfloat16")
-# Masked keys get the lowest float32; valid scores are clipped just above it so
-# a masked key can never outrank a valid one, and inf never reaches softmax.
-_SCORE_LIMIT = 1e38
+# Valid scores are clipped to +-_SCORE_LIMIT and masked keys get _MASKED_SCORE
+# added: a masked key stays below every valid one, and the sum stays finite
+# (so a fully masked row never meets inf - inf or 0 / 0, in a gradient either).
+_SCORE_LIMIT = 1e30
+_MASKED_SCORE = -1e37
+#: Backends whose `keras.ops.dot_product_attention` is a fused kernel (JAX's
+#: and torch's). TensorFlow's is the same einsum math as the plain path, and
+#: its Einsum nodes would reach the exported ONNX graph, where onnxruntime's
+#: CPU Einsum is slow: there the plain path (MatMul) runs.
+FUSED_BACKENDS = ("jax", "torch")
+
+
+def score_dtype(dtype):
+    """The dtype scores and softmax run in: float32 for float16/bfloat16 inputs."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    return "float32" if dtype in _LOW_PRECISION else dtype
+
+
+def mask_terms(allowed, axis, dtype):
+    """The one masking rule, as `(bias, keep)`; `(None, None)` without a mask.
+
+    `bias` (0 where a key is allowed, `_MASKED_SCORE` where not) is added to
+    the scores once; `keep` (1, or 0 for a query whose every key is masked)
+    multiplies the weights or the attention output, so that such a query
+    attends to nothing: all-zero weights and a zero output, never NaN and
+    never the uniform weights a softmax gives a row of equal scores.
+
+    Args:
+        allowed: boolean mask broadcastable to the scores, or None.
+        axis: the key axis or axes of the scores (the softmax's).
+        dtype: the scores' dtype.
+    """
+    if allowed is None:
+        return None, None
+    allowed = ops.cast(allowed, "bool")
+    bias = ops.where(allowed, ops.cast(0.0, dtype), ops.cast(_MASKED_SCORE, dtype))
+    keep = ops.cast(ops.any(allowed, axis=axis, keepdims=True), dtype)
+    return bias, keep
+
+
+def masked_softmax(scores, allowed=None, axis=-1):
+    """Attention weights from scores: a softmax over the allowed keys.
+
+    The plain path of both attention layers. Masked keys get a weight of
+    exactly 0 and a query with no allowed key gets all-zero weights
+    (`mask_terms`). Scores are clipped to +-1e30 first, so huge scores never
+    become inf.
+
+    Args:
+        scores: float32 (or wider) scores.
+        allowed: boolean mask broadcastable to `scores`, or None.
+        axis: the key axis or axes.
+    """
+    scores = ops.clip(scores, -_SCORE_LIMIT, _SCORE_LIMIT)
+    bias, keep = mask_terms(allowed, axis, scores.dtype)
+    if bias is not None:
+        scores = scores + bias
+    if isinstance(axis, tuple):
+        # Over several key axes as Keras's Softmax layer does it (TensorFlow's
+        # softmax takes one axis of a tensor of rank <= 5).
+        weights = ops.exp(scores - ops.logsumexp(scores, axis=axis, keepdims=True))
+    else:
+        weights = ops.softmax(scores, axis=axis)
+    return weights if keep is None else weights * keep
+
+
+def causal_mask(tq, tv):
+    """`(Tq, Tv)` booleans: query `i` may attend to keys `j <= i`."""
+    return ops.expand_dims(ops.arange(tq), axis=-1) >= ops.arange(tv)
+
+
+def fused_attention(query, key, value, allowed=None, scale=None, flash_attention=None):
+    """`softmax(scale * query @ key^T) @ value` by `keras.ops.dot_product_attention`.
+
+    The fused path of `MultiHeadScaledDotAttention`, under the same rule as
+    `masked_softmax`: the mask goes in as the same additive bias, and the
+    output of a query with no allowed key is zeroed. Runs in float32 for
+    float16/bfloat16 inputs; returns `value`'s dtype.
+
+    Args:
+        query: `(batch, Tq, heads, key_dim)`.
+        key: `(batch, Tv, heads, key_dim)`.
+        value: `(batch, Tv, heads, value_dim)`.
+        allowed: boolean mask broadcastable to `(batch, heads, Tq, Tv)`, or None.
+        scale: multiplier of the scores (default `1 / sqrt(key_dim)`).
+        flash_attention: passed to `keras.ops.dot_product_attention`.
+    """
+    dtype = score_dtype(query.dtype)
+    bias, keep = mask_terms(allowed, -1, dtype)
+    output = ops.dot_product_attention(
+        ops.cast(query, dtype),
+        ops.cast(key, dtype),
+        ops.cast(value, dtype),
+        bias=bias,
+        scale=scale,
+        flash_attention=flash_attention,
+    )
+    if keep is not None:
+        # (batch, heads, Tq, 1) -> (batch, Tq, heads, 1), as the output's axes.
+        output = output * ops.transpose(keep, (0, 2, 1, 3))
+    return ops.cast(output, value.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_attn")
@@ -148,12 +246,7 @@ class ScaledDotAttention(keras.layers.Layer):
         allowed = self._calculate_score_mask(
             scores, value_mask, use_causal_mask
         )
-        if allowed is not None:
-            scores = ops.where(allowed, scores, -3.4e38)
-        weights = ops.softmax(scores, axis=-1)
-        if allowed is not None:
-            # Zeroes the uniform weights of fully masked rows.
-            weights = ops.where(allowed, weights, 0.0)
+        weights = masked_softmax(scores, allowed)
         if training and self.dropout > 0:
             weights = keras.random.dropout(
                 weights, self.dropout, seed=self.seed_generator
@@ -169,8 +262,7 @@ class ScaledDotAttention(keras.layers.Layer):
 
     def _calculate_scores(self, query, key):
         """Scores of shape `(batch_size, Tq, Tv)`, in float32 or wider."""
-        dtype = keras.backend.standardize_dtype(query.dtype)
-        dtype = "float32" if dtype in _LOW_PRECISION else dtype
+        dtype = score_dtype(query.dtype)
         query = ops.cast(query, dtype)
         key = ops.cast(key, dtype)
         scale = self.scale
@@ -192,7 +284,7 @@ class ScaledDotAttention(keras.layers.Layer):
             )
         if scale != 1.0:
             scores = scores * scale
-        return ops.clip(scores, -_SCORE_LIMIT, _SCORE_LIMIT)
+        return scores
 
     def _calculate_score_mask(self, scores, v_mask, use_causal_mask):
         """Boolean mask broadcastable to the scores, or None if all allowed."""
@@ -202,8 +294,7 @@ class ScaledDotAttention(keras.layers.Layer):
             allowed = ops.expand_dims(ops.cast(v_mask, "bool"), axis=-2)
         if use_causal_mask:
             tq, tv = ops.shape(scores)[-2], ops.shape(scores)[-1]
-            rows = ops.expand_dims(ops.arange(tq), axis=-1)
-            causal = ops.expand_dims(rows >= ops.arange(tv), axis=0)
+            causal = ops.expand_dims(causal_mask(tq, tv), axis=0)
             allowed = (
                 causal if allowed is None else ops.logical_and(allowed, causal)
             )
@@ -280,3 +371,167 @@ class ScaledDotAttention(keras.layers.Layer):
             "scale": self.scale,
         }
         return {**base_config, **config}
+
+
+@keras.saving.register_keras_serializable(package="keras_attn")
+class MultiHeadScaledDotAttention(keras.layers.MultiHeadAttention):
+    """Multi-head attention: a drop-in for `keras.layers.MultiHeadAttention`.
+
+    Projects `query`, `key` and `value` into `num_heads` heads, computes
+    `softmax(query @ key^T / sqrt(key_dim)) @ value` in each head and
+    projects the concatenated heads back, as in "Attention Is All You Need".
+    Constructor, call arguments, Keras masks, outputs, errors and weights
+    (names and order) are those of `keras.layers.MultiHeadAttention`, so
+    `set_weights` moves weights between the two layers; the numbers agree
+    wherever Keras's own plain and fused paths agree with each other.
+
+    What differs, on purpose:
+    - One rule for a query whose every key is masked (by `attention_mask`,
+      the Keras masks, a causal or sliding-window mask): all-zero weights and
+      a zero attention output before the output projection (so the layer's
+      output there is the projection's bias), on the plain path, the fused
+      path, under `mixed_float16` and in an exported ONNX file. Keras gives
+      zero weights on its plain path and uniform ones on its fused path.
+    - Scores and softmax run in float32 under mixed precision.
+    - The fused path (`keras.ops.dot_product_attention`, on the backends of
+      `FUSED_BACKENDS` or when `flash_attention=True`) runs whenever the
+      weights are not asked for and no dropout applies, which includes
+      inference with `dropout > 0`; Keras turns it off whenever
+      `dropout > 0`. On JAX with `value_dim != key_dim`, where Keras's fused
+      path crashes, the plain path runs.
+
+    Args:
+        num_heads: Number of attention heads.
+        key_dim: Size of each attention head for query and key.
+        value_dim: Size of each attention head for value (default `key_dim`).
+        dropout: Fraction of the attention weights dropped in training.
+        use_bias: Boolean, whether the dense layers use bias vectors/matrices.
+        output_shape: The expected shape of an output tensor, besides the
+            batch and sequence dims. If not specified, projects back to the
+            query feature dim (the query input's last dimension).
+        attention_axes: axes over which the attention is applied. `None`
+            means attention over all axes, but batch, heads, and features.
+        sliding_window: Optional positive integer: each query attends only to
+            keys within `sliding_window - 1` positions of itself.
+        flash_attention: `True` forces the fused path with the backend's
+            flash kernel (no weights can then be returned, no dropout set);
+            `False` or `None` let the layer pick (see above). Defaults to
+            `keras.config.is_flash_attention_enabled()`.
+        kernel_initializer: Initializer for dense layer kernels.
+        bias_initializer: Initializer for dense layer biases.
+        kernel_regularizer: Regularizer for dense layer kernels.
+        bias_regularizer: Regularizer for dense layer biases.
+        activity_regularizer: Regularizer for dense layer activity.
+        kernel_constraint: Constraint for dense layer kernels.
+        bias_constraint: Constraint for dense layer biases.
+        use_gate: Boolean, whether to gate the attention output with a
+            sigmoid projection of the query (Gated Attention).
+        seed: Optional integer to seed the dropout.
+
+    Call arguments:
+        query: Query tensor of shape `(B, T, dim)`.
+        value: Value tensor of shape `(B, S, dim)`.
+        key: Optional key tensor of shape `(B, S, dim)`. If not given,
+            `value` is used for both `key` and `value`.
+        query_mask, value_mask, key_mask: Boolean masks of shape `(B, T)` /
+            `(B, S)`; taken from the inputs' Keras masks.
+        attention_mask: A boolean mask of shape `(B, T, S)`: 1 where a query
+            may attend to a key, 0 where not. Broadcasts over missing batch
+            and head dimensions.
+        return_attention_scores: If `True`, also return the attention weights
+            (after masking and softmax); the plain path then runs.
+        training: Python boolean: training mode (dropout) or inference.
+        use_causal_mask: If `True`, query `i` cannot attend to keys `j > i`.
+
+    Output:
+        Attention outputs of shape `(B, T, E)`, `E` the query's last
+        dimension unless `output_shape` is given.
+        (Optional) Per-head attention weights of shape `(B, num_heads, T, S)`.
+    """
+
+    def __init__(self, num_heads, key_dim, *args, flash_attention=None, **kwargs):
+        super().__init__(num_heads, key_dim, *args, flash_attention=flash_attention, **kwargs)
+        # Keras resolves it against the global setting and leaves it out of
+        # its config; the argument as given is kept so that the config holds it.
+        self._flash_attention_argument = flash_attention
+
+    def get_config(self):
+        return {**super().get_config(), "flash_attention": self._flash_attention_argument}
+
+    def _compute_attention(
+        self,
+        query,
+        key,
+        value,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        use_causal_mask=False,
+    ):
+        """Attention of the projected heads, under the one masking rule.
+
+        Args:
+            query: Projected query of shape `(B, T, N, key_dim)`.
+            key: Projected key of shape `(B, S, N, key_dim)`.
+            value: Projected value of shape `(B, S, N, value_dim)`.
+            attention_mask: Boolean mask broadcastable to `(B, T, S)`.
+            training: Whether dropout applies.
+            return_attention_scores: Whether the weights are needed.
+            use_causal_mask: Also mask keys after each query.
+
+        Returns:
+            `(attention_output, weights)`; weights are None on the fused path.
+        """
+        if self._flash_attention and return_attention_scores:
+            raise ValueError(
+                "Returning attention scores is not supported when flash "
+                "attention is enabled. Please disable flash attention to access"
+                " attention scores."
+            )
+        allowed = attention_mask
+        if use_causal_mask:
+            causal = causal_mask(ops.shape(query)[1], ops.shape(key)[1])
+            allowed = causal if allowed is None else ops.logical_and(ops.cast(allowed, "bool"), causal)
+        if allowed is not None:
+            # (B, T, S) -> (B, 1, T, S): the head axis (Keras's expansion).
+            axis = -len(self._attention_axes) * 2 - 1
+            for _ in range(len(query.shape) - len(allowed.shape)):
+                allowed = ops.expand_dims(allowed, axis=axis)
+        dropping = bool(training) and self._dropout > 0.0
+        if not (return_attention_scores or dropping) and self._fused(query, value):
+            output = fused_attention(
+                query, key, value, allowed, self._inverse_sqrt_key_dim, self._flash_attention
+            )
+            return output, None
+        dtype = score_dtype(query.dtype)
+        query = ops.cast(query, dtype) * ops.cast(self._inverse_sqrt_key_dim, dtype)
+        key = ops.cast(key, dtype)
+        if len(query.shape) == 4:
+            # MatMul over (B, N, T, H): Einsum is slow on onnxruntime's CPU.
+            scores = ops.matmul(ops.transpose(query, (0, 2, 1, 3)), ops.transpose(key, (0, 2, 3, 1)))
+        else:
+            scores = ops.einsum(self._dot_product_equation, key, query)
+        rank, keys = len(scores.shape), len(self._attention_axes)
+        key_axes = tuple(range(rank - keys, rank)) if keys > 1 else -1
+        weights = masked_softmax(scores, allowed, axis=key_axes)
+        if dropping:
+            dropped = self._dropout_layer(weights, training=training)
+        else:
+            dropped = weights
+        dropped = ops.cast(dropped, value.dtype)
+        if len(query.shape) == 4:
+            output = ops.transpose(ops.matmul(dropped, ops.transpose(value, (0, 2, 1, 3))), (0, 2, 1, 3))
+        else:
+            output = ops.einsum(self._combine_equation, dropped, value)
+        return output, ops.cast(weights, value.dtype)
+
+    def _fused(self, query, value):
+        """Whether the fused kernel runs (weights not asked for, no dropout applied)."""
+        if len(query.shape) != 4:
+            return False
+        if self._flash_attention:
+            return True
+        backend = keras.backend.backend()
+        if backend == "jax" and query.shape[-1] != value.shape[-1]:
+            return False  # jax.nn.dot_product_attention needs one head size
+        return backend in FUSED_BACKENDS

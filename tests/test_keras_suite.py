@@ -10,7 +10,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from keras_attn import ScaledDotAttention
+from keras_attn import MultiHeadScaledDotAttention, ScaledDotAttention
 
 SUITE = (
     Path(keras.__file__).parent / "src/layers/attention/attention_test.py"
@@ -53,4 +53,23 @@ class TestKerasSuiteAtScaleOne(keras_suite(KerasScaledAttention)):
 class TestKerasSuiteAtDefaultScale(
     keras_suite(ScaledDotAttention, pins_numbers=True)
 ):
+    pass
+
+
+MHA_SUITE = (
+    Path(keras.__file__).parent
+    / "src/layers/attention/multi_head_attention_test.py"
+)
+
+
+def keras_mha_suite():
+    """Keras's `MultiHeadAttentionTest`, testing `MultiHeadScaledDotAttention`."""
+    namespace = {"__name__": "keras_mha_suite"}
+    source = MHA_SUITE.read_text().replace("layers.MultiHeadAttention", "SUBJECT")
+    exec(compile(source, str(MHA_SUITE), "exec"), namespace)
+    namespace["SUBJECT"] = MultiHeadScaledDotAttention
+    return namespace["MultiHeadAttentionTest"]
+
+
+class TestKerasMultiHeadSuite(keras_mha_suite()):
     pass
