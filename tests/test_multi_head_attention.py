@@ -89,7 +89,7 @@ def test_fused_and_plain_paths_agree(fused_everywhere, seed, causal, padding, va
     kwargs = {"use_causal_mask": causal, "attention_mask": mask if padding else None}
     plain, _ = layer(q, v, k, return_attention_scores=True, **kwargs)
     fused = layer(q, v, k, **kwargs)
-    np.testing.assert_allclose(numpy(fused), numpy(plain), atol=1e-5)
+    np.testing.assert_allclose(numpy(fused), numpy(plain), rtol=1e-5, atol=1e-5)
 
 
 def test_fully_masked_rows_give_zero_weights_and_the_output_bias_on_both_paths(fused_everywhere):
