@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     unknown = sorted(set(args.only or ()) - {a.name for a in ARCHITECTURES})
     if unknown:
         parser.error(f"no such architecture: {', '.join(unknown)} (known: {', '.join(a.name for a in ARCHITECTURES)})")
-    from export.convert import quiet_libraries
+    from export.loading import quiet_libraries
 
     quiet_libraries()
     rows = run(args.only)

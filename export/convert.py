@@ -23,22 +23,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
-import logging
 import os
-import re
-import sys
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from export.cli import import_training, one_line, silenced_stderr
+from export.cli import one_line
 from export.errors import ExportError, ParityError, UnsupportedLayerError
 from export.files import atomic_file
+from export.loading import import_tf2onnx, load_keras
 from export.quantize import QuantizationReport, quantize as quantize_file
 from export.runtime import METADATA_ENCODER_KEY, METADATA_PADDING_FREE_KEY
 from export.signature import ModelSignature, TensorSpec, tensorflow_keras
@@ -51,8 +47,6 @@ __all__ = [
     "SUPPORTED_OPSETS",
     "ExportReport",
     "convert",
-    "import_modules",
-    "load_keras",
 ]
 
 DEFAULT_OPSET = 17
@@ -261,90 +255,6 @@ def convert(
     )
 
 
-# -- loading ------------------------------------------------------------------
-
-
-def load_keras(path):
-    """Load a ``.keras`` file with TensorFlow and safe mode on; its encoder becomes ``model.text_encoder``.
-
-    Custom classes (a subclassed model, a custom layer) must be registered
-    first (`import_modules`, or the CLI's ``--import MODULE``).
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ExportError: not a loadable Keras model (one-line reason).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {path}")
-    if path.is_dir():
-        raise ExportError(f"{path} is a folder, not a .keras file")
-    if not zipfile.is_zipfile(path):
-        raise ExportError(f"{path} is not a Keras model: not a .keras (zip) archive, or a truncated one")
-    tensorflow_keras()
-    import keras_attn  # noqa: F401 - registers ScaledDotAttention for deserialization
-    from keras_attn.saving import load_model
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return load_model(path, safe_mode=True)
-    except Exception as error:
-        raise ExportError(f"cannot load {path}: {_load_reason(error)}") from error
-
-
-def import_modules(names) -> None:
-    """Import each module named (from the current folder too), so the classes it registers load.
-
-    Raises:
-        ExportError: a module cannot be imported.
-    """
-    if names and "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    tensorflow_keras()  # the module's Keras must be the TensorFlow one
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception as error:
-            raise ExportError(f"cannot import {name}: {type(error).__name__}: {one_line(error)}") from error
-
-
-def quiet_libraries(*, debug: bool = False) -> None:
-    """Import TensorFlow, Keras and tf2onnx with their start-up notices and logs silenced (unless ``debug``)."""
-    if not debug:
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-    with silenced_stderr(not debug):
-        _import_tf2onnx()
-
-
-def _load_reason(error: Exception) -> str:
-    # The useful part of Keras's messages is often deep inside: search the
-    # whole chain, report a short line.
-    chain, seen = [], set()
-    cause = error
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        chain.append(" ".join(str(cause).split()))
-        cause = cause.__cause__ or cause.__context__
-    full = " ".join(chain)
-    text = one_line(error)
-    if "Lambda" in full and "safe_mode" in full:
-        return "it contains a Lambda layer, whose code is not run with safe mode on (Lambda layers cannot be exported)"
-    match = re.search(r"Could not locate (?:class|function) '([^']+)'", full)
-    if match:
-        return (
-            f"unknown layer or object '{match.group(1)}': only standard Keras layers and "
-            "ScaledDotAttention are known here (register it with @keras.saving.register_keras_serializable "
-            "in a module and pass --import MODULE, or import it before convert())"
-        )
-    if "config.json" in full:
-        return "not a Keras model: the archive has no config.json"
-    if isinstance(error, (zipfile.BadZipFile, EOFError)) or "zip" in text.lower():
-        return f"damaged .keras archive ({text})"
-    return f"{type(error).__name__}: {text}"
-
-
 def _check_layers(model) -> None:
     for layer in model._flatten_layers(include_self=False, recursive=True):
         kind = type(layer).__name__
@@ -381,7 +291,7 @@ def _to_proto(model, signature: ModelSignature, opset: int):
     tensorflow_keras()
     import tensorflow as tf
 
-    tf2onnx = _import_tf2onnx()
+    tf2onnx = import_tf2onnx()
     specs = [tf.TensorSpec(_tf_shape(t.shape), tf.as_dtype(t.dtype), name=t.name) for t in signature.inputs]
 
     @tf.function(input_signature=specs, autograph=False)
@@ -589,7 +499,7 @@ def _set_metadata(proto, model, encoder, opset: int, padding_free: bool) -> None
     import keras_attn
 
     keras = tensorflow_keras()
-    tf2onnx = _import_tf2onnx()
+    tf2onnx = import_tf2onnx()
     proto.producer_name = "keras-attn"
     proto.producer_version = keras_attn.__version__
     proto.graph.name = model.name
@@ -634,12 +544,3 @@ def check_writable(output: Path) -> None:
 
 def _size(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n < 1024 * 1024 else f"{n / 1024 / 1024:.2f} MiB"
-
-
-def _import_tf2onnx():
-    tensorflow_keras()
-    tf2onnx = import_training("tf2onnx")
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    with contextlib.suppress(Exception):
-        tf2onnx.logging.set_level(logging.ERROR)
-    return tf2onnx

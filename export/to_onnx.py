@@ -35,11 +35,9 @@ from export.convert import (
     ExportReport,
     check_writable,
     convert,
-    import_modules,
-    load_keras,
-    quiet_libraries,
 )
 from export.errors import ExportError, ExtraInputError, ParityError, UnbuiltModelError, UnsupportedLayerError
+from export.loading import import_modules, load_keras, quiet_libraries
 from export.quantize import QuantizationReport
 from export.validate import SAMPLE_TEXTS
 

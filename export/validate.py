@@ -303,7 +303,7 @@ def main(argv=None) -> int:
         raise CliError(f"--atol and --rtol must be >= 0, got {args.atol}, {args.rtol}")
     if not Path(args.onnx).is_file():
         raise CliError(f"no such file: {args.onnx}")
-    from export.convert import import_modules, load_keras, quiet_libraries
+    from export.loading import import_modules, load_keras, quiet_libraries
 
     quiet_libraries(debug=args.debug)
     import_modules(args.modules)
