@@ -294,6 +294,28 @@ def _attention(options, name, *, length=LENGTH):
 
 
 @_seeded
+def multi_head_learned_positions(keras, layers, ops):
+    # Learned positions read the input's shape, not its ids: the position
+    # table (LENGTH rows) is smaller than the encoder's vocabulary (VOCAB).
+    from export.text import TextEncoder
+    from keras_attn import MultiHeadScaledDotAttention
+
+    t = _tokens(keras, None)
+    padding = ops.not_equal(t, 0)
+    positions = ops.cumsum(ops.ones_like(t), axis=1) - 1
+    x = _embed(layers)(t) + layers.Embedding(LENGTH, 16)(positions)
+    mask = ops.logical_and(ops.expand_dims(padding, 1), ops.expand_dims(padding, 2))
+    context, heads = MultiHeadScaledDotAttention(num_heads=4, key_dim=4, dropout=0.1, name="attention")(
+        x, x, attention_mask=mask, return_attention_scores=True
+    )
+    pooled = layers.GlobalAveragePooling1D()(context, mask=padding)
+    probability = layers.Dense(1, activation="sigmoid", name="probability")(pooled)
+    model = keras.Model(t, {"probability": probability, "attention_heads": heads}, name="multi_head_learned_positions")
+    model.text_encoder = TextEncoder([f"w{i}" for i in range(VOCAB - 2)], seq_len=LENGTH)
+    return model
+
+
+@_seeded
 def sentiment_builder(keras, layers, ops):
     from keras_attn.models import build_sentiment_model
 
@@ -350,6 +372,7 @@ ARCHITECTURES = [
     Architecture("attention_concat", "ScaledDotAttention, concat scores", _attention({"score_mode": "concat", "use_scale": True}, "attention_concat")),
     Architecture("attention_causal", "ScaledDotAttention, causal", _attention({"causal": True}, "attention_causal")),
     Architecture("attention_variable_length", "ScaledDotAttention, variable length", _attention({"scale": 0.5}, "attention_variable_length", length=None)),
+    Architecture("multi_head_learned_positions", "MultiHeadScaledDotAttention, learned positions, text encoder", multi_head_learned_positions),
     Architecture("sentiment_builder", "keras_attn.build_sentiment_model", sentiment_builder),
     Architecture("string_lookup", "StringLookup", string_lookup),
     Architecture("integer_lookup", "IntegerLookup", integer_lookup),

@@ -259,7 +259,15 @@ def _subclassed_inputs(model, keras):
 
 
 def _embedding_limits(model, keras) -> dict[int, int]:
-    """Input index -> smallest ``input_dim`` of the Embeddings its ids reach (functional models)."""
+    """Input index -> smallest ``input_dim`` of the Embeddings that read its values (functional models).
+
+    An Embedding reads an input when its ids are computed from the input's
+    values (the input itself, a cast, a slice, a lookup...). One whose ids
+    come from the input's shape only (learned positions: ``arange``,
+    ``cumsum(ones_like(tokens))``, a custom layer) has its own, smaller range
+    and must not limit the input's ids: such ids are told apart by running
+    their subgraph on two draws of the input's values.
+    """
     inputs = list(getattr(model, "inputs", None) or []) if model.built else []
     index = {id(t): i for i, t in enumerate(inputs)}
     limits: dict[int, int] = {}
@@ -270,27 +278,67 @@ def _embedding_limits(model, keras) -> dict[int, int]:
             limits[0] = min(limits.get(0, layer.input_dim), layer.input_dim)
             continue
         for node in getattr(layer, "_inbound_nodes", []):
-            stack, seen = list(getattr(node, "input_tensors", [])), set()
-            while stack:
-                tensor = stack.pop()
-                if id(tensor) in seen:
-                    continue
-                seen.add(id(tensor))
-                if id(tensor) in index:
-                    i = index[id(tensor)]
-                    limits[i] = min(limits.get(i, layer.input_dim), layer.input_dim)
-                    continue
-                # Walk back through integer tensors only (casts, slices...).
-                if not str(getattr(tensor, "dtype", "")).startswith(("int", "uint")):
-                    continue
-                history = getattr(tensor, "_keras_history", None)
-                if history is None:
-                    continue
-                operation, node_index = history[0], history[1]
-                nodes = getattr(operation, "_inbound_nodes", [])
-                if node_index < len(nodes):
-                    stack.extend(getattr(nodes[node_index], "input_tensors", []))
+            for ids in getattr(node, "input_tensors", []):
+                for i in _inputs_reached(ids, index):
+                    if id(ids) == id(inputs[i]) or _reads_values(inputs, ids, i, layer.input_dim, keras):
+                        limits[i] = min(limits.get(i, layer.input_dim), layer.input_dim)
     return limits
+
+
+def _inputs_reached(tensor, index: dict) -> set[int]:
+    """Indices of the model inputs that ``tensor`` is computed from through integer tensors only."""
+    reached, stack, seen = set(), [tensor], set()
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if id(tensor) in index:
+            reached.add(index[id(tensor)])
+            continue
+        # Float tensors carry no ids (casts, slices, lookups do).
+        if not str(getattr(tensor, "dtype", "")).startswith(("int", "uint")):
+            continue
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            continue
+        operation, node_index = history[0], history[1]
+        nodes = getattr(operation, "_inbound_nodes", [])
+        if node_index < len(nodes):
+            stack.extend(getattr(nodes[node_index], "input_tensors", []))
+    return reached
+
+
+def _reads_values(inputs, ids, i: int, input_dim: int, keras) -> bool:
+    """Whether ``ids`` (a tensor of the model's graph) changes with input ``i``'s values, its shape fixed.
+
+    When in doubt (an input that cannot be drawn, a subgraph that fails to
+    run), it does: the limit is kept.
+    """
+    rng = np.random.default_rng(0)
+
+    def draw(tensor):
+        shape = [2] + [8 if d is None else d for d in tuple(tensor.shape)[1:]]
+        dtype = keras.backend.standardize_dtype(tensor.dtype)
+        if dtype.startswith(("int", "uint")):
+            return rng.integers(0, max(input_dim, 2), shape).astype(dtype)
+        if dtype.startswith(("float", "bfloat")):
+            return rng.normal(size=shape).astype(dtype)
+        return None
+
+    feeds = [draw(tensor) for tensor in inputs]
+    if any(feed is None for feed in feeds):
+        return True
+    try:
+        subgraph = keras.Model(inputs, ids)
+        first = keras.ops.convert_to_numpy(subgraph(feeds, training=False))
+        for _ in range(2):
+            feeds[i] = draw(inputs[i])
+            if not np.array_equal(first, keras.ops.convert_to_numpy(subgraph(feeds, training=False))):
+                return True
+    except Exception:
+        return True
+    return False
 
 
 def _lookup_keys(model, specs) -> dict[str, tuple]:

@@ -303,6 +303,38 @@ def test_vocabulary_larger_than_embedding_is_refused(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+@keras.saving.register_keras_serializable(package="tests")
+class PositionIds(keras.layers.Layer):
+    """0, 1, 2... for each token: ids made from the input's shape only."""
+
+    def call(self, tokens):
+        return keras.ops.broadcast_to(keras.ops.arange(keras.ops.shape(tokens)[1], dtype="int32"), keras.ops.shape(tokens))
+
+
+@pytest.mark.parametrize("positions", ["cumsum of ones_like", "custom layer"])
+def test_learned_positions_do_not_limit_the_token_ids(positions, tmp_path):
+    # A position table of SEQ_LEN rows beside a token table of VOCAB: only the
+    # token table bounds the encoder's ids.
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    if positions == "custom layer":
+        ids = PositionIds()(tokens)
+    else:
+        ids = keras.ops.cumsum(keras.ops.ones_like(tokens), axis=1) - 1
+    x = keras.layers.Embedding(VOCAB, 8)(keras.ops.cast(tokens, "int64")) + keras.layers.Embedding(SEQ_LEN, 8)(ids)
+    pooled = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(tokens, keras.layers.Dense(1, activation="sigmoid", name="probability")(pooled))
+    encoder = TextEncoder([f"w{i}" for i in range(VOCAB - 2)], seq_len=SEQ_LEN)
+    assert encoder.vocab_size > SEQ_LEN
+    signature = ModelSignature.from_keras(model, encoder=encoder)
+    assert signature.id_limits == {"tokens": VOCAB}
+    report = convert(model, tmp_path / "m.onnx", encoder=encoder)
+    assert max(report.parity.values()) < 1e-5
+    # ...and a vocabulary past the token table is still refused.
+    too_big = TextEncoder([f"w{i}" for i in range(VOCAB)], seq_len=SEQ_LEN)
+    with pytest.raises(ExportError, match=f"takes only {VOCAB}"):
+        ModelSignature.from_keras(model, encoder=too_big)
+
+
 # -- the model kinds tf2onnx 1.17 gets wrong, and how each is handled ---------
 
 
