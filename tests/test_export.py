@@ -526,6 +526,63 @@ def test_a_model_saved_under_jax_exports_and_matches_jax(tmp_path):
     np.testing.assert_allclose(session.run(None, {"tokens": saved["ids"]})[0], saved["classes"], rtol=0, atol=1e-5)
 
 
+MULTI_HEAD_MODEL = """
+import sys
+import numpy as np, keras
+from keras import layers, ops
+from keras_attn import MultiHeadScaledDotAttention
+assert keras.backend.backend() == sys.argv[1]
+keras.utils.set_random_seed(0)
+tokens = keras.Input((None,), dtype="int32", name="tokens")
+padding = ops.not_equal(tokens, 0)
+x = layers.Embedding(30, 16)(tokens) + layers.Embedding(16, 16)(ops.cumsum(ops.ones_like(tokens), axis=1) - 1)
+mask = ops.logical_and(ops.expand_dims(padding, 1), ops.expand_dims(padding, 2))
+for _ in range(2):
+    h = layers.LayerNormalization()(x)
+    x = x + MultiHeadScaledDotAttention(num_heads=4, key_dim=4, value_dim=3, dropout=0.2)(h, h, attention_mask=mask)
+context, heads = MultiHeadScaledDotAttention(num_heads=2, key_dim=8)(x, x, attention_mask=mask, return_attention_scores=True)
+model = keras.Model(tokens, {"context": context, "heads": heads})
+model.save("multi_head.keras")
+rng = np.random.default_rng(0)
+outputs = {}
+for batch in (1, 5):
+    for length in (6, 13):
+        ids = rng.integers(1, 30, (batch, length)).astype("int32")
+        ids[-1, length // 2:] = 0   # padding
+        if batch > 1:
+            ids[0] = 0   # an all-padding row: every query fully masked
+        for name, value in model.predict(ids, verbose=0).items():
+            outputs[f"{batch}x{length}/{name}"] = np.asarray(value)
+        outputs[f"{batch}x{length}/ids"] = ids
+np.savez("multi_head_outputs.npz", **outputs)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_a_multi_head_model_saved_under_each_backend_exports_with_parity(backend, tmp_path):
+    # JAX and torch run the layer's fused kernel, TensorFlow (and so the
+    # exported file) the plain path: the one rule for fully masked queries
+    # (zero weights, zero attention output) must hold across both.
+    if backend != "tensorflow":
+        pytest.importorskip(backend)
+    (tmp_path / "make.py").write_text(MULTI_HEAD_MODEL)
+    proc = run_script(tmp_path / "make.py", backend, cwd=tmp_path, env={"KERAS_BACKEND": backend})
+    assert proc.returncode == 0, proc.stderr
+    report = convert(tmp_path / "multi_head.keras", tmp_path / "multi_head.onnx")
+    assert max(report.parity.values()) < 1e-5
+    saved = np.load(tmp_path / "multi_head_outputs.npz")
+    session = ort.InferenceSession(str(tmp_path / "multi_head.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    for shape in ("1x6", "1x13", "5x6", "5x13"):
+        got = dict(zip(names, session.run(None, {"tokens": saved[f"{shape}/ids"]})))
+        for name in ("context", "heads"):
+            np.testing.assert_allclose(got[name], saved[f"{shape}/{name}"], rtol=0, atol=1e-5, err_msg=f"{shape} {name}")
+        if shape.startswith("5"):
+            assert not got["heads"][0].any()  # the all-padding row: zero weights
+    assert "Einsum" not in _ops(tmp_path / "multi_head.onnx")
+
+
 SUBCLASSED_MODULE = """
 import keras
 
