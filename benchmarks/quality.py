@@ -1,11 +1,12 @@
-"""``python -m benchmarks.quality``: our classifier against TF-IDF + logistic regression.
+"""``python -m benchmarks.quality``: our classifiers against TF-IDF + logistic regression.
 
 Two tasks from the UCI Sentiment Labelled Sentences files: "sentiment"
 (negative / positive, the bundled model's task) and "site" (which of
 amazon / imdb / yelp a sentence comes from: 3 classes). For each seed both
 models get the same stratified split that `python -m keras_attn.train` makes
-(test 20%, validation 10% of the rest): ours trains with the recipe and stops
-early on the validation split; the baseline (word 1-2-gram TF-IDF, logistic
+(test 20%, validation 10% of the rest): ours trains with the recipe (the
+Conv1D model, and with ``--model transformer`` the transformer encoder under
+the same recipe) and stops early on the validation split; the baseline (word 1-2-gram TF-IDF, logistic
 regression) picks its C on the same validation split and fits on the same
 training rows. Test accuracy and macro-F1, mean +- std over the seeds, go to
 stdout as markdown; progress goes to stderr on a terminal.
@@ -29,9 +30,17 @@ import numpy as np
 
 from benchmarks.cli import cpu_name
 
-__all__ = ["TASKS", "main", "site_task", "baseline_predictions"]
+__all__ = ["MODELS", "TASKS", "main", "site_task", "baseline_predictions"]
 
 TASKS = ("sentiment", "site")
+#: Our models: name -> the `keras_attn.train` options that build it (the recipe otherwise).
+MODELS = {"ours": {}, "transformer": {"encoder": "transformer"}}
+#: Their rows in the report.
+NAMES = {
+    "ours": "ours (`keras_attn.train` recipe, Conv1D)",
+    "transformer": "ours, `--encoder transformer` (2 blocks, 4 heads)",
+    "baseline": "TF-IDF 1-2-grams + logistic regression",
+}
 #: The baseline's inverse regularisation strengths, chosen on validation macro-F1.
 C_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 
@@ -75,11 +84,11 @@ def baseline_predictions(texts, labels, train, validation, test):
     return model.predict(vectorizer.transform(texts[test])), c
 
 
-def run(data_dir=None, seeds=range(5), tasks=TASKS, say=lambda message: None, **options):
-    """Per task, per model, per seed: test accuracy and macro-F1.
+def run(data_dir=None, seeds=range(5), tasks=TASKS, models=("ours",), say=lambda message: None, **options):
+    """Per task, per model (of `MODELS`, then the baseline), per seed: test accuracy and macro-F1.
 
     Returns:
-        ``{task: {"ours": [{"accuracy", "macro_f1", ...}, ...], "baseline": [...]}}``.
+        ``{task: {"ours": [{"accuracy", "macro_f1", ...}, ...], ..., "baseline": [...]}}``.
     """
     from keras_attn.data import find_data_dir, load_sentences
     from keras_attn.train import DEFAULTS, classification_metrics, split_data, train
@@ -92,21 +101,24 @@ def run(data_dir=None, seeds=range(5), tasks=TASKS, say=lambda message: None, **
     data = {"sentiment": sentences, "site": site_task(sentences)}
     results = {}
     for task in tasks:
-        results[task] = {"ours": [], "baseline": []}
+        results[task] = {**{model: [] for model in models}, "baseline": []}
         for seed in seeds:
             train_rows, val_rows, test_rows = split_data(
                 data[task], DEFAULTS["test_fraction"], DEFAULTS["validation_fraction"], seed
             )
-            started = time.perf_counter()
-            with tempfile.TemporaryDirectory() as folder:
-                metrics = train(data[task], Path(folder) / "run", seed=seed, **options)
-            results[task]["ours"].append({
-                "seed": seed,
-                "accuracy": metrics["test_accuracy"],
-                "macro_f1": metrics["test_macro_f1"],
-                "best_epoch": metrics["best_epoch"],
-                "seconds": round(time.perf_counter() - started, 1),
-            })
+            progress = []
+            for model in models:
+                started = time.perf_counter()
+                with tempfile.TemporaryDirectory() as folder:
+                    metrics = train(data[task], Path(folder) / "run", seed=seed, **MODELS[model], **options)
+                results[task][model].append({
+                    "seed": seed,
+                    "accuracy": metrics["test_accuracy"],
+                    "macro_f1": metrics["test_macro_f1"],
+                    "best_epoch": metrics["best_epoch"],
+                    "seconds": round(time.perf_counter() - started, 1),
+                })
+                progress.append(f"{model} macro-F1 {metrics['test_macro_f1']:.3f} (epoch {metrics['best_epoch']})")
             labels = np.asarray(data[task].labels)
             predicted, c = baseline_predictions(data[task].texts, labels, train_rows, val_rows, test_rows)
             scores = classification_metrics(labels[test_rows], predicted, data[task].classes)
@@ -116,8 +128,7 @@ def run(data_dir=None, seeds=range(5), tasks=TASKS, say=lambda message: None, **
                 "macro_f1": scores["test_macro_f1"],
                 "C": c,
             })
-            say(f"{task} seed {seed}: ours macro-F1 {metrics['test_macro_f1']:.3f} "
-                f"(epoch {metrics['best_epoch']}), baseline {scores['test_macro_f1']:.3f} (C={c:g})")
+            say(f"{task} seed {seed}: {', '.join(progress)}, baseline {scores['test_macro_f1']:.3f} (C={c:g})")
     return results
 
 
@@ -125,39 +136,44 @@ def report(results) -> str:
     """Markdown tables: mean +- std (and each seed) per task and model, then the goal."""
     lines = []
     for task, by_model in results.items():
-        seeds = [row["seed"] for row in by_model["ours"]]
+        seeds = [row["seed"] for row in by_model["baseline"]]
         lines += [
             f"{task}: test accuracy and macro-F1 over seeds {', '.join(map(str, seeds))}",
             "",
             "| model | accuracy | macro-F1 | macro-F1 by seed |",
             "|---|--:|--:|---|",
         ]
-        names = {"ours": "ours (`keras_attn.train` recipe)",
-                 "baseline": "TF-IDF 1-2-grams + logistic regression"}
         for model, rows in by_model.items():
             accuracy = np.array([r["accuracy"] for r in rows])
             f1 = np.array([r["macro_f1"] for r in rows])
             lines.append(
-                f"| {names[model]} | {accuracy.mean():.3f} +- {accuracy.std(ddof=1) if len(rows) > 1 else 0:.3f} "
+                f"| {NAMES[model]} | {accuracy.mean():.3f} +- {accuracy.std(ddof=1) if len(rows) > 1 else 0:.3f} "
                 f"| {f1.mean():.3f} +- {f1.std(ddof=1) if len(rows) > 1 else 0:.3f} "
                 f"| {' '.join(f'{v:.3f}' for v in f1)} |"
             )
-        ours = np.array([r["macro_f1"] for r in by_model["ours"]])
         base = np.array([r["macro_f1"] for r in by_model["baseline"]])
-        verdict = "PASS" if ours.mean() >= base.mean() else "FAIL"
-        # Same split per seed: the paired differences say how sure the order is.
-        difference = ours - base
         chosen = " ".join(f"{r['C']:g}" for r in by_model["baseline"] if "C" in r) or "-"
-        lines += [
-            "",
-            f"- **{verdict}** {task}: our mean macro-F1 {ours.mean():.3f} vs baseline "
-            f"{base.mean():.3f} (goal: >=)",
-            f"- ours - baseline by seed: {' '.join(f'{d:+.3f}' for d in difference)} "
-            f"({int((difference > 0).sum())} of {len(difference)} seeds ahead); baseline C by seed: "
-            f"{chosen}",
-            "",
-        ]
+        lines.append("")
+        for model in [m for m in by_model if m != "baseline"]:
+            ours = np.array([r["macro_f1"] for r in by_model[model]])
+            verdict = "PASS" if ours.mean() >= base.mean() else "FAIL"
+            # Same split per seed: the paired differences say how sure the order is.
+            lines += [
+                f"- **{verdict}** {task}: {'our' if model == 'ours' else model} mean macro-F1 {ours.mean():.3f} "
+                f"vs baseline {base.mean():.3f} (goal: >=)",
+                f"- {model} - baseline by seed: {_paired(ours - base)}",
+            ]
+        if "ours" in by_model and "transformer" in by_model:
+            conv = np.array([r["macro_f1"] for r in by_model["ours"]])
+            transformer = np.array([r["macro_f1"] for r in by_model["transformer"]])
+            lines.append(f"- transformer - ours (Conv1D) by seed: {_paired(transformer - conv)}")
+        lines += [f"- baseline C by seed: {chosen}", ""]
     return "\n".join(lines)
+
+
+def _paired(difference) -> str:
+    return (f"{' '.join(f'{d:+.3f}' for d in difference)} "
+            f"({int((difference > 0).sum())} of {len(difference)} seeds ahead)")
 
 
 def main(argv=None) -> int:
@@ -172,6 +188,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", help="the UCI folder (default: $KERAS_ATTN_DATA, then the Keras cache)")
     parser.add_argument("--seeds", type=int, default=5, metavar="N", help="seeds 0..N-1 (default: 5)")
     parser.add_argument("--task", choices=TASKS, action="append", help="one task (repeatable; default: both)")
+    parser.add_argument(
+        "--model", choices=list(MODELS), action="append",
+        help="our model to train (repeatable; default: ours, the Conv1D recipe)",
+    )
     parser.add_argument("--epochs", type=int, help="cap on epochs (default: the recipe's 60, early stopping)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     args = parser.parse_args(argv)
@@ -182,7 +202,7 @@ def main(argv=None) -> int:
     say = (lambda message: print(message, file=sys.stderr, flush=True)) if sys.stderr.isatty() else (lambda m: None)
     options = {"epochs": args.epochs} if args.epochs else {}
     started = time.perf_counter()
-    results = run(args.data_dir, range(args.seeds), args.task or TASKS, say=say, **options)
+    results = run(args.data_dir, range(args.seeds), args.task or TASKS, args.model or ("ours",), say=say, **options)
     print(f"Run of {datetime.date.today().isoformat()} on {cpu_name()}, Python {platform.python_version()}, "
           f"{time.perf_counter() - started:.0f} s\n")
     print(report(results))

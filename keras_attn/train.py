@@ -27,6 +27,7 @@ from export.cli import CliError, run
 from export.files import atomic_dir
 from keras_attn.data import FORMATS, DataError, load_sentences, read_labelled_file
 from keras_attn.models import (
+    ENCODERS,
     TUTORIAL,
     build_text_classifier,
     class_probabilities,
@@ -61,7 +62,7 @@ MODEL_DEFAULTS = {
     for name, parameter in inspect.signature(
         build_text_classifier
     ).parameters.items()
-    if name in TUTORIAL
+    if name in TUTORIAL or name in ("num_heads", "num_layers")
 }
 # The tutorial's run: its model, vocabulary, length, learning rate, 10 epochs.
 TUTORIAL_RUN = dict(
@@ -88,6 +89,8 @@ RANGES = {
     "embedding_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "attention_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "pooled_dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "num_heads": (lambda v: v >= 1, ">= 1"),
+    "num_layers": (lambda v: v >= 1, ">= 1"),
 }
 #: Flags whose name differs from the option's.
 FLAGS = {"test_fraction": "--test-split", "validation_fraction": "--val-split"}
@@ -470,6 +473,10 @@ def parse_args(argv=None):
         for name, default in defaults.items():
             flag = FLAGS.get(name, "--" + name.replace("_", "-"))
             text = f"recipe: {default}"
+            if name == "pooling":
+                text = "recipe: max, mean with the transformer"
+            elif name in ("num_heads", "num_layers"):
+                text += " (the transformer's)"
             if name in TUTORIAL_RUN:
                 text += f", tutorial: {TUTORIAL_RUN[name]}"
             if name in USER_FILE_SPLITS:
@@ -485,7 +492,7 @@ def parse_args(argv=None):
                     flag, action=argparse.BooleanOptionalAction, dest=name, help=text
                 )
             elif name in ("encoder", "pooling"):
-                choices = {"encoder": ["conv", "lstm"],
+                choices = {"encoder": list(ENCODERS),
                            "pooling": ["flatten", "max", "mean"]}[name]
                 group.add_argument(flag, choices=choices, dest=name, help=text)
             else:

@@ -173,6 +173,46 @@ def test_export_serves_the_class_names(ticket_run, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_transformer_trains_exports_and_serves_text_end_to_end(tmp_path):
+    import httpx
+    import tritonclient.http as httpclient
+
+    from export.runtime import TextClassifier
+    from export.serve import Settings, create_app
+    from export.to_onnx import convert
+    from serve_models import running_server
+
+    data = write_csv(tmp_path / "tickets.csv", ticket_rows())
+    out = tmp_path / "run"
+    assert main([
+        "--data", str(data), "--text-column", "body", "--label-column", "team", "--encoder", "transformer",
+        "--out", str(out), "--epochs", "8", "--learning-rate", "0.01", "--num-words", "40", "--seq-len", "16",
+    ]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["options"]["encoder"] == "transformer" and metrics["test_accuracy"] >= 0.8
+    model = load_model(out / "model.keras")
+    assert model.get_layer("block2_attention").num_heads == 4
+    report = convert(str(out / "model.keras"), str(tmp_path / "t.onnx"))
+    assert {"probability", "attention", "attention_heads"} <= set(report.parity)
+    texts = [row["text"] for row in read_predictions(out)] + ["", "refund please", "zzz qqq " * 10]
+    expected = model.predict(model.text_encoder.encode(texts), verbose=0)["probability"]
+    classifier = TextClassifier(tmp_path / "t.onnx")
+    assert classifier.model.metadata["padding_free"] == "true"  # rows are cut at their last word
+    np.testing.assert_allclose(classifier.predict_proba(texts), expected, atol=1e-5)
+    # The server takes the text and names the class, as for the Conv1D model.
+    with running_server(create_app(Settings(models=(str(tmp_path / "t.onnx"),)))) as url:
+        client = httpclient.InferenceServerClient(url)
+        tensor = httpclient.InferInput("text", [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=object))
+        result = client.infer("t", [tensor])
+        np.testing.assert_allclose(result.as_numpy("probability"), expected, atol=1e-5)
+        labels = [v.decode() for v in result.as_numpy("label").ravel()]
+        assert labels == [("billing", "sales", "tech")[i] for i in expected.argmax(1)]
+        client.close()
+        assert httpx.get(f"http://{url}/v2/models/t").json()["name"] == "t"
+
+
+@pytest.mark.slow
 def test_same_seed_same_run_and_balanced_weights(tmp_path):
     rng = np.random.default_rng(1)
     texts = [f"{'good' if i % 4 else 'bad'} {' '.join(rng.choice(FILLER, 3))}" for i in range(120)]
