@@ -32,6 +32,7 @@ __all__ = [
     "column_index",
     "csv_records",
     "format_of",
+    "import_pyarrow",
     "jsonl_records",
     "read_table",
 ]
@@ -163,6 +164,9 @@ class Table:
     def batches(self, rows: int = 8192):
         """Yield ``(part file, pyarrow.RecordBatch)`` of at most ``rows`` rows, every column kept.
 
+        Each part gives at least one batch (an empty one for a part without
+        rows), so its columns are known.
+
         CSV and TSV columns are strings as written; JSON Lines columns take
         the keys of the file's first ``rows`` records, in their order (a key
         absent from a record is null there; a key first seen later is an
@@ -218,10 +222,12 @@ def read_table(path: str | PathLike[str], text_column: str = "text", format: str
     return Table(path, (path,), format or format_of(path), text_column)
 
 
-def _pyarrow():
+def import_pyarrow():
+    """pyarrow, with pyarrow.parquet and pyarrow.compute loaded; a missing install names the extra."""
     try:
         import pyarrow
-        import pyarrow.parquet  # noqa: F401 - the submodule is used as pyarrow.parquet
+        import pyarrow.compute  # noqa: F401 - submodules used as pyarrow.compute and pyarrow.parquet
+        import pyarrow.parquet  # noqa: F401
     except ModuleNotFoundError:
         raise ModuleNotFoundError(f"pyarrow is not installed: reading and writing tables needs {BATCH_EXTRA}") from None
     return pyarrow
@@ -245,7 +251,7 @@ def _decoded(records, part: Path):
 
 
 def _csv_batches(part: Path, kind: str, text_column: str, rows: int):
-    pa = _pyarrow()
+    pa = import_pyarrow()
     with _open_text(part) as stream:
         records = _decoded(csv_records(stream, part, kind), part)
         first = next(records, None)
@@ -256,18 +262,23 @@ def _csv_batches(part: Path, kind: str, text_column: str, rows: int):
         if len(set(header)) != len(header):
             raise TableError(f"{part}: the header names a column twice ({', '.join(map(repr, header))})")
         schema = pa.schema([(name, pa.string()) for name in header])
-        chunk = []
+        chunk, sent = [], False
         for _, record in records:
             chunk.append(record)
             if len(chunk) == rows:
-                yield pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in zip(*chunk)], schema=schema)
-                chunk = []
-        if chunk:
-            yield pa.RecordBatch.from_arrays([pa.array(c, pa.string()) for c in zip(*chunk)], schema=schema)
+                yield _string_batch(pa, chunk, schema)
+                chunk, sent = [], True
+        if chunk or not sent:  # a header alone is an empty table, not none
+            yield _string_batch(pa, chunk, schema)
+
+
+def _string_batch(pa, records: list[list[str]], schema):
+    columns = zip(*records) if records else [()] * len(schema)
+    return pa.RecordBatch.from_arrays([pa.array(column, pa.string()) for column in columns], schema=schema)
 
 
 def _jsonl_batches(part: Path, kind: str, text_column: str, rows: int):
-    pa = _pyarrow()
+    pa = import_pyarrow()
     with _open_text(part) as stream:
         records = _decoded(jsonl_records(stream, part), part)
         schema, chunk, lines = None, [], []
@@ -287,12 +298,7 @@ def _json_batch(pa, chunk, lines, schema, part, text_column):
         if text_column not in keys:
             found = ", ".join(repr(key) for key in keys)
             raise TableError(f"{part}: no text key {text_column!r}; the keys are {found or 'none'}")
-        inferred = pa.RecordBatch.from_pylist(chunk).schema
-        # A key whose every value is null gets a string column, not Arrow's null type.
-        schema = pa.schema([
-            (key, pa.string() if key == text_column or inferred.field(key).type == pa.null() else inferred.field(key).type)
-            for key in keys
-        ])
+        schema = pa.schema([(key, pa.string() if key == text_column else _json_type(pa, chunk, key, part)) for key in keys])
     else:
         for record, line in zip(chunk, lines):
             unknown = [key for key in record if key not in schema.names]
@@ -309,8 +315,17 @@ def _json_batch(pa, chunk, lines, schema, part, text_column):
     return schema
 
 
+def _json_type(pa, records: list[dict], key: str, part: Path):
+    """The Arrow type of ``key``'s values (a key that is always null gets strings, not Arrow's null type)."""
+    try:
+        kind = pa.array([record.get(key) for record in records]).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise TableError(f"{part}: the values of key {key!r} mix types ({error})") from None
+    return pa.string() if kind == pa.null() else kind
+
+
 def _parquet_batches(part: Path, kind: str, text_column: str, rows: int):
-    pa = _pyarrow()
+    pa = import_pyarrow()
     try:
         source = pa.parquet.ParquetFile(part)
     except (OSError, pa.ArrowException) as error:
@@ -319,7 +334,12 @@ def _parquet_batches(part: Path, kind: str, text_column: str, rows: int):
     column_index(schema.names, text_column, part, "text")
     if not pa.types.is_string(schema.field(text_column).type) and not pa.types.is_large_string(schema.field(text_column).type):
         raise TableError(f"{part}: the text column {text_column!r} holds {schema.field(text_column).type}, not strings")
-    yield from source.iter_batches(batch_size=rows)
+    sent = False
+    for batch in source.iter_batches(batch_size=rows):
+        sent = True
+        yield batch
+    if not sent:
+        yield pa.RecordBatch.from_pylist([], schema=schema)
 
 
 _READERS = {"csv": _csv_batches, "tsv": _csv_batches, "jsonl": _jsonl_batches, "parquet": _parquet_batches}
