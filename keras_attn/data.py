@@ -11,10 +11,8 @@ Nothing here imports TensorFlow or Keras (except to download the UCI set).
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +20,8 @@ from os import PathLike
 from pathlib import Path
 
 import numpy as np
+
+from export.tables import FORMATS as TABLE_FORMATS, TableError, column_index, csv_records, format_of, jsonl_records
 
 __all__ = [
     "DATA_ENV_VAR",
@@ -65,14 +65,12 @@ _LABELS = {"0": 0, "1": 1}
 SENTIMENT_CLASSES = ("negative", "positive")
 
 #: Formats `read_labelled_file` reads, and the suffixes that name them.
-FORMATS = {"csv": (".csv",), "tsv": (".tsv", ".tab"), "jsonl": (".jsonl", ".ndjson")}
-
-# The csv module refuses fields over 128 KiB by default; texts may be longer.
-_MAX_FIELD = 2**31 - 1
+FORMATS = {kind: TABLE_FORMATS[kind] for kind in ("csv", "tsv", "jsonl")}
 
 
-class DataError(OSError):
-    """The data cannot be found, read or parsed; the message names the file (and line)."""
+#: A file that cannot be read or used, in one line naming it: the same class as
+#: `export.tables.TableError`, which the shared record readers raise.
+DataError = TableError
 
 
 @dataclass(frozen=True, eq=False)  # eq on ndarray fields would be ambiguous
@@ -284,7 +282,7 @@ def read_labelled_file(
         labels = tuple(label.strip() for label in labels)
         if len(labels) < 2 or len(set(labels)) != len(labels) or not all(labels):
             raise ValueError(f"labels must be 2 or more distinct non-empty names, got {list(labels)}")
-    kind = format or _format_from_suffix(path)
+    kind = format or format_of(path, FORMATS)
     if kind not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {kind!r}")
     try:
@@ -327,78 +325,22 @@ def read_labelled_file(
     )
 
 
-def _format_from_suffix(path: Path) -> str:
-    suffix = path.suffix.lower()
-    for kind, suffixes in FORMATS.items():
-        if suffix in suffixes:
-            return kind
-    raise DataError(
-        f"{path}: cannot tell the format from the suffix {suffix or '(none)'!r}; "
-        f"pass --format {'|'.join(FORMATS)}"
-    )
-
-
 def _csv_rows(content: str, path: Path, text_column: str, label_column: str, kind: str):
     """Yield ``(line number, text, label)`` of each record; the line is where it starts."""
-    dialect = "excel-tab" if kind == "tsv" else "excel"
-    # newline="": the csv module sees CR, LF and CRLF as written (line breaks
-    # inside quoted fields stay in the text); strict: a stray quote is an error.
-    reader = csv.reader(io.StringIO(content, newline=""), dialect, strict=True)
-    limit = csv.field_size_limit()
-    csv.field_size_limit(_MAX_FIELD)
-    try:
-        header, columns, consumed = None, (), 0
-        while True:
-            start = consumed + 1
-            try:
-                record = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as error:
-                raise DataError(f"{path}:{start}: cannot parse this {kind.upper()} record ({error})") from None
-            consumed = reader.line_num
-            if not record or record == [""]:
-                continue  # a blank line
-            if header is None:
-                header = [name.strip() for name in record]
-                columns = tuple(
-                    _column(header, name, path, role)
-                    for name, role in ((text_column, "text"), (label_column, "label"))
-                )
-                continue
-            if len(record) != len(header):
-                raise DataError(
-                    f"{path}:{start}: {len(record)} fields where the header has {len(header)} "
-                    f"(a field with a {'tab' if kind == 'tsv' else 'comma'} or a line break must be quoted)"
-                )
-            yield start, record[columns[0]], record[columns[1]].strip()
-        if header is None:
-            raise DataError(f"{path}: empty file; expected a header row naming the columns")
-    finally:
-        csv.field_size_limit(limit)
-
-
-def _column(header: list[str], name: str, path: Path, role: str) -> int:
-    if name not in header:
-        found = ", ".join(repr(column) for column in header)
-        raise DataError(f"{path}: no {role} column {name!r}; the columns are {found}")
-    return header.index(name)
+    records = csv_records(io.StringIO(content, newline=""), path, kind)
+    first = next(records, None)
+    if first is None:
+        raise DataError(f"{path}: empty file; expected a header row naming the columns")
+    header = first[1]
+    text, label = (column_index(header, name, path, role) for name, role in ((text_column, "text"), (label_column, "label")))
+    for start, record in records:
+        yield start, record[text], record[label].strip()
 
 
 def _jsonl_rows(content: str, path: Path, text_column: str, label_column: str, kind: str):
     """Yield ``(line number, text, label)`` of each JSON object, one per line."""
-    # Split on "\n" only: str.splitlines() would also break inside a text at
-    # U+2028 or U+0085, which JSON allows unescaped.
-    for number, line in enumerate(content.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            # Numbers keep their text as written: 1.0 stays "1.0", not 1.
-            record = json.loads(line, parse_int=str, parse_float=str, parse_constant=str)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not valid JSON ({error.msg}, column {error.colno})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
+    # Numbers keep their text as written: 1.0 stays "1.0", not 1.
+    for number, record in jsonl_records(io.StringIO(content), path, numbers_as_text=True):
         values = []
         for name, role in ((text_column, "text"), (label_column, "label")):
             if name not in record:
