@@ -189,3 +189,14 @@ def test_without_pyarrow_the_cli_names_the_extra(sentiment, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO)})
     assert done.returncode == 1 and done.stderr == 'error: pyarrow is not installed: reading and writing tables needs pip install "keras-attn[batch]"\n'
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_batch_benchmark_runs_in_its_smoke_mode(sentiment, tmp_path):
+    out = tmp_path / "batch.json"
+    proc = run_module("benchmarks.batch", "--smoke", "--model", sentiment, "--json", out, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    assert {"predict_proba_rows_s", "engine_rows_s", "speedup", "parquet_mib", "csv_mib", "machine"} <= set(figures)
+    assert figures["rows"] == 2000 and figures["big_rows"] == 5000
+    assert "peak RSS, CSV input" in proc.stdout and proc.stdout.count("PASS") + proc.stdout.count("FAIL") == 3
