@@ -94,6 +94,8 @@ _ENVIRONMENT = "KERAS_ATTN_SERVE"
 DEFAULT_MAX_BATCH = 256
 DEFAULT_MAX_DELAY_MS = 2.0
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
+#: Seconds a request may take to arrive whole: an 8 MiB body at 1 MiB/s, with room.
+DEFAULT_TIMEOUT_READ = 30.0
 
 _PAGE = Path(__file__).with_name("page.html")
 
@@ -733,6 +735,17 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N", help="server processes, each with its own models (default: 1)"
     )
+    parser.add_argument(
+        "--timeout-read", type=float, default=DEFAULT_TIMEOUT_READ, metavar="S",
+        help=(
+            "seconds a request (headers and body) may take to arrive; a slower one gets 408 and is closed "
+            f"(default: {DEFAULT_TIMEOUT_READ:g})"
+        ),
+    )
+    parser.add_argument(
+        "--timeout-keep-alive", type=float, default=5.0, metavar="S",
+        help="seconds an idle connection is kept open, new or between requests (default: 5)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request on stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
@@ -750,6 +763,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CliError(f"--threads must be >= 1, got {args.threads}")
     if args.workers < 1:
         raise CliError(f"--workers must be >= 1, got {args.workers}")
+    for flag, value in (("--timeout-read", args.timeout_read), ("--timeout-keep-alive", args.timeout_keep_alive)):
+        if not (value > 0 and math.isfinite(value)):
+            raise CliError(f"{flag} must be a number of seconds > 0, got {value}")
+    from export.http_protocol import ReadTimeoutProtocol
     try:
         max_body = parse_size(args.max_body)
     except ValueError as error:
@@ -778,6 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     common = dict(
         log_config=_uvicorn_logging(), log_level=None, access_log=args.access_log,
         lifespan="on", timeout_graceful_shutdown=None, proxy_headers=False,
+        http=ReadTimeoutProtocol, timeout_keep_alive=args.timeout_keep_alive,
     )
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully; these
     # handlers take it then, so the process ends with status 0.
@@ -790,7 +808,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started = time.monotonic()
     if args.workers == 1:
-        uvicorn.Server(uvicorn.Config(app, **common)).run(sockets=[sock])
+        config = uvicorn.Config(app, **common)
+        config.read_timeout = args.timeout_read  # ReadTimeoutProtocol reads it here
+        uvicorn.Server(config).run(sockets=[sock])
     else:
         from uvicorn.supervisors import Multiprocess
 
@@ -798,6 +818,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             model.close()
         os.environ[_ENVIRONMENT] = json.dumps(settings.__dict__)
         config = uvicorn.Config("export.serve:app_from_environment", factory=True, workers=args.workers, **common)
+        config.read_timeout = args.timeout_read
         Multiprocess(config, sockets=[sock]).run()
     sock.close()
     log.info("stopped serving %s after %.0f s", names, time.monotonic() - started)

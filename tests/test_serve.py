@@ -6,6 +6,7 @@ onnxruntime session on the same file, fed the request alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -402,6 +403,50 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(pair):
         assert err.startswith("stopped serving pair"), err
         assert err.count("\n") == 1  # one line per start and stop, no access log
         assert process.stdout.read() == ""
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _connect(address):
+    host, port = address.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def test_a_trickling_client_is_cut_and_stalls_no_one(pair):
+    # uvicorn alone has no read timeout: a client sending a byte a second held its connection forever.
+    process, address = _start([str(pair), "--port", "0", "--timeout-read", "2", "--timeout-keep-alive", "1"])
+    try:
+        feeds = pair_feeds(1)
+        body = {"inputs": [{"name": n, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()} for n, v in feeds.items()]}
+        request = json.dumps(body).encode()
+        head = f"POST /v2/models/pair/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {len(request)}\r\n\r\n"
+        slow_headers, slow_body, idle = _connect(address), _connect(address), _connect(address)
+        started = time.monotonic()
+        slow_body.sendall(head.encode() + request[:5])
+        latencies = []
+        with httpx.Client(base_url=f"http://{address}", timeout=30) as client:
+            sent = 0
+            while time.monotonic() - started < 4 and sent < len(head):  # bounded: 4 s, one byte a tick
+                with contextlib.suppress(OSError):
+                    slow_headers.send(head[sent].encode())
+                sent += 1
+                t = time.perf_counter()
+                assert client.post("/v2/models/pair/infer", json=body).status_code == 200
+                latencies.append(time.perf_counter() - t)
+                time.sleep(0.05)
+        # Each slow connection got a 408 line (or was closed) and is gone; the idle one is closed too.
+        for connection in (slow_headers, slow_body):
+            answer = connection.recv(4096)
+            if answer:
+                assert answer.startswith(b"HTTP/1.1 408 ") and b"request not received within 2 s" in answer
+                assert connection.recv(4096) == b""
+        assert idle.recv(4096) == b""
+        assert time.monotonic() - started < 10
+        # The other client's requests were served meanwhile, never held behind the trickle.
+        assert len(latencies) > 20 and sorted(latencies)[int(0.99 * len(latencies))] < 0.5
+        for connection in (slow_headers, slow_body, idle):
+            connection.close()
     finally:
         process.kill()
         process.wait()

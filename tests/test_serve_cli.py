@@ -21,6 +21,8 @@ def pair(tmp_path_factory):
         (["PAIR", "--max-body", "lots"], "--max-body: not a size"),
         (["PAIR", "--max-batch", "0"], "--max-batch must be >= 1"),
         (["PAIR", "--workers", "0"], "--workers must be >= 1"),
+        (["PAIR", "--timeout-read", "0"], "--timeout-read must be a number of seconds > 0"),
+        (["PAIR", "--timeout-keep-alive", "inf"], "--timeout-keep-alive must be a number of seconds > 0"),
         (["PAIR", "--port", "1", "--host", "203.0.113.7"], "cannot listen on 203.0.113.7:1"),
     ],
 )
@@ -46,7 +48,8 @@ def test_help_names_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for option in ("--host", "--port", "--max-batch", "--max-delay-ms", "--threads", "--max-body", "--workers"):
+    for option in ("--host", "--port", "--max-batch", "--max-delay-ms", "--threads", "--max-body", "--workers",
+                   "--timeout-read", "--timeout-keep-alive"):
         assert option in out
 
 
