@@ -486,6 +486,78 @@ def test_two_workers_serve_and_stop(pair):
         process.wait()
 
 
+def _workers(pid: int) -> set[int]:
+    """The server's worker processes (multiprocessing children, not its resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = set()
+    for child in map(int, children):
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"multiprocessing" in command and b"resource_tracker" not in command:
+                found.add(child)
+    return found
+
+
+def _wait_ready(address, deadline_s=60):
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            if httpx.get(f"http://{address}/v2/models/pair/ready", timeout=5).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.2)
+
+
+def test_a_killed_worker_is_replaced_and_costs_only_its_requests_in_flight(pair):
+    process, address = _start([str(pair), "--port", "0", "--workers", "2"])
+    try:
+        _wait_ready(address)
+        deadline = time.monotonic() + 30
+        while len(_workers(process.pid)) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        before = _workers(process.pid)
+        feeds = pair_feeds(1)
+        body = {"inputs": [{"name": n, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()} for n, v in feeds.items()]}
+        results = {"ok": 0, "failed": 0}
+        stop = threading.Event()
+
+        def client():
+            # A new connection each time: a keep-alive one would stay on the killed worker.
+            while not stop.is_set() and results["ok"] + results["failed"] < 20_000:
+                try:
+                    ok = httpx.post(f"http://{address}/v2/models/pair/infer", json=body, timeout=10).status_code == 200
+                except httpx.TransportError:
+                    ok = False
+                results["ok" if ok else "failed"] += 1
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        victim = min(before)
+        os.kill(victim, signal.SIGKILL)
+        killed_at, done_before = time.monotonic(), results["ok"]
+        while True:  # replaced: two workers again, the victim not among them
+            now = _workers(process.pid)
+            if len(now) == 2 and victim not in now:
+                break
+            assert time.monotonic() - killed_at < 30, f"not replaced: {now}"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+        assert results["ok"] > done_before + 20  # it kept answering
+        assert results["failed"] <= 4  # at most one request in flight per client on the killed worker
+        assert process.poll() is None
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_unexpected_errors_are_500_one_line_logged_with_traceback(pair, caplog):
     app = create_app(Settings(models=(str(pair),), max_delay_ms=0))
     model = app.state.models["pair"]
