@@ -510,6 +510,43 @@ def _wait_ready(address, deadline_s=60):
         time.sleep(0.2)
 
 
+def test_a_thousand_idle_connections_slow_no_one_and_are_closed_when_idle(pair):
+    process, address = _start([str(pair), "--port", "0", "--timeout-keep-alive", "3"])
+    idle = []
+    try:
+        feeds = pair_feeds(1)
+        body = {"inputs": [{"name": n, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()} for n, v in feeds.items()]}
+        for _ in range(1000):  # connections opened and left idle
+            connection = _connect(address)
+            idle.append(connection)
+        opened = time.monotonic()
+        latencies = []
+
+        def client():
+            with httpx.Client(base_url=f"http://{address}", timeout=30) as http:
+                for _ in range(40):
+                    t = time.perf_counter()
+                    assert http.post("/v2/models/pair/infer", json=body).status_code == 200
+                    latencies.append(time.perf_counter() - t)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: client(), range(8)))
+        assert time.monotonic() - opened < 3  # all served while the 1,000 were open
+        p99 = sorted(latencies)[int(0.99 * len(latencies))]
+        assert len(latencies) == 320 and p99 < 0.05, f"p99 {p99 * 1000:.1f} ms"
+        # Idle past --timeout-keep-alive: the server closes every one of them.
+        deadline = time.monotonic() + 30
+        for connection in idle:
+            connection.settimeout(max(deadline - time.monotonic(), 0.1))
+            assert connection.recv(1) == b""
+        assert time.monotonic() - opened >= 2.5
+    finally:
+        for connection in idle:
+            connection.close()
+        process.kill()
+        process.wait()
+
+
 def test_a_killed_worker_is_replaced_and_costs_only_its_requests_in_flight(pair):
     process, address = _start([str(pair), "--port", "0", "--workers", "2"])
     try:
