@@ -1,0 +1,202 @@
+"""Would a fused attention op pay on CPU? One attention core, three ways, on onnxruntime.
+
+    python -m benchmarks.multi_head --contrib    # runs this after the model comparison
+
+The core of one attention block after the projections: query, key and value
+of shape (batch, 40, 64), 4 heads of 16, and a key padding mask (int32
+(batch, 40), 1 for a real token), as
+
+- ``plain``: the subgraph `export.convert` writes for
+  `MultiHeadScaledDotAttention` (Reshape/Transpose into heads, Mul by the
+  scale, MatMul, Add of the mask's bias, Softmax, Mul by the "row has a key"
+  factor, MatMul, back to (batch, 40, 64));
+- ``com.microsoft.MultiHeadAttention``: onnxruntime's contrib op
+  (``num_heads=4``, ``key_padding_mask``), then the same zeroing factor on its
+  output (it gives a fully masked row the average of the values);
+- ``Attention (opset 23)``: the standard op with a boolean mask expanded to
+  (batch, 1, 40, 40) (onnxruntime 1.32 does not broadcast it over the
+  queries), then the zeroing factor.
+
+Each runs on a default ``InferenceSession``, timed in turns at every batch
+size (`benchmarks.timing`). Parity: each against a float64 numpy reference on
+rows of varied lengths, and what each gives a fully masked row without the
+zeroing factor. Needs numpy, onnx and onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CORES", "build_core", "markdown", "reference", "run"]
+
+SEQ = 40
+HIDDEN = 64
+HEADS = 4
+#: ``score_dtype``'s masked score in `keras_attn.attention` (the bias our exporter writes).
+MASKED_SCORE = -1e37
+
+PLAIN = "plain subgraph (ours)"
+CONTRIB = "com.microsoft.MultiHeadAttention"
+OPSET23 = "Attention (opset 23)"
+CORES = (PLAIN, CONTRIB, OPSET23)
+
+
+def build_core(kind: str, zero_empty_rows: bool = True):
+    """The ONNX model of one attention core as ``kind`` (one of `CORES`)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    head = HIDDEN // HEADS
+    nodes, inits = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def node(op, inputs, output, domain="", **attrs):
+        nodes.append(helper.make_node(op, inputs, [output], name=output, domain=domain, **attrs))
+        return output
+
+    mask = "key_padding_mask"
+    out = "attention_core"
+    raw = out if not zero_empty_rows else "core"
+    if kind == PLAIN:
+        shape = const("heads_shape", np.array([0, 0, HEADS, head], np.int64))
+        q = node("Reshape", ["query", shape], "q4")
+        q = node("Transpose", [q], "qt", perm=[0, 2, 1, 3])
+        q = node("Mul", [q, const("scale", np.float32(1 / np.sqrt(head)))], "qs")
+        k = node("Transpose", [node("Reshape", ["key", shape], "k4")], "kt", perm=[0, 2, 3, 1])
+        v = node("Transpose", [node("Reshape", ["value", shape], "v4")], "vt", perm=[0, 2, 1, 3])
+        scores = node("MatMul", [q, k], "scores")
+        allowed = node("Cast", [mask], "allowed", to=TensorProto.BOOL)
+        masked = node("Cast", [node("Not", [allowed], "masked_b")], "masked_f", to=TensorProto.FLOAT)
+        bias = node("Mul", [masked, const("masked_score", np.float32(MASKED_SCORE))], "bias2")
+        bias = node("Unsqueeze", [bias, const("axes_12", np.array([1, 2], np.int64))], "bias")
+        weights = node("Softmax", [node("Add", [scores, bias], "biased")], "weights", axis=-1)
+        if zero_empty_rows:
+            keep = node("Cast", [node("ReduceMax", [mask], "any", keepdims=1, axes=[1])], "keep2", to=TensorProto.FLOAT)
+            keep = node("Unsqueeze", [keep, const("axes_23", np.array([2, 3], np.int64))], "keep")
+            weights = node("Mul", [weights, keep], "kept")
+        context = node("Transpose", [node("MatMul", [weights, v], "context4")], "context_t", perm=[0, 2, 1, 3])
+        node("Reshape", [context, const("hidden_shape", np.array([0, 0, HIDDEN], np.int64))], out)
+        opsets = [helper.make_opsetid("", 17)]
+    else:
+        if kind == CONTRIB:
+            node("MultiHeadAttention", ["query", "key", "value", "", mask], raw, domain="com.microsoft", num_heads=HEADS)
+            opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+        elif kind == OPSET23:
+            allowed = node("Cast", [mask], "allowed2", to=TensorProto.BOOL)
+            allowed = node("Unsqueeze", [allowed, const("axes_12", np.array([1, 2], np.int64))], "allowed1")
+            # onnxruntime 1.32 wants the mask's query axis at full length (no broadcasting there).
+            allowed = node("Expand", [allowed, const("mask_shape", np.array([1, 1, SEQ, 1], np.int64))], "allowed")
+            node("Attention", ["query", "key", "value", allowed], raw, q_num_heads=HEADS, kv_num_heads=HEADS)
+            opsets = [helper.make_opsetid("", 23)]
+        else:
+            raise ValueError(f"unknown core {kind!r} (known: {', '.join(CORES)})")
+        if zero_empty_rows:
+            if kind == OPSET23:  # ReduceMax takes its axes as an input from opset 18
+                any_key = node("ReduceMax", [mask, const("axis_1", np.array([1], np.int64))], "any", keepdims=1)
+            else:
+                any_key = node("ReduceMax", [mask], "any", keepdims=1, axes=[1])
+            keep = node("Cast", [any_key], "keep2", to=TensorProto.FLOAT)
+            keep = node("Unsqueeze", [keep, const("axes_2", np.array([2], np.int64))], "keep")
+            node("Mul", [raw, keep], out)
+    floats = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", SEQ, HIDDEN]) for n in ("query", "key", "value")]
+    graph = helper.make_graph(nodes, kind.replace(" ", "_"),
+                              floats + [helper.make_tensor_value_info(mask, TensorProto.INT32, ["batch", SEQ])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", SEQ, HIDDEN])], inits)
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10 if kind == OPSET23 else 8)
+
+
+def feeds(batch: int, seed: int = 0, empty_row: bool = False) -> dict:
+    """Random query/key/value and a key padding mask of 3 to 30 real tokens a row (row 0 all padding if asked)."""
+    rng = np.random.default_rng(seed)
+    out = {n: rng.normal(size=(batch, SEQ, HIDDEN)).astype(np.float32) for n in ("query", "key", "value")}
+    lengths = rng.integers(3, 31, batch)
+    if empty_row:
+        lengths[0] = 0
+    out["key_padding_mask"] = (np.arange(SEQ)[None, :] < lengths[:, None]).astype(np.int32)
+    return out
+
+
+def reference(f: dict) -> np.ndarray:
+    """float64 attention under our rule: softmax over the real keys, a zero output where there is none."""
+    head = HIDDEN // HEADS
+
+    def split(x):
+        return x.astype(np.float64).reshape(len(x), SEQ, HEADS, head).transpose(0, 2, 1, 3)
+
+    q, k, v = split(f["query"]), split(f["key"]), split(f["value"])
+    allowed = f["key_padding_mask"].astype(bool)[:, None, None, :]
+    scores = np.where(allowed, q @ k.transpose(0, 1, 3, 2) / np.sqrt(head), -np.inf)
+    top = np.max(scores, axis=-1, keepdims=True)
+    e = np.exp(scores - np.where(np.isfinite(top), top, 0))
+    total = e.sum(-1, keepdims=True)
+    weights = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+    return (weights @ v).transpose(0, 2, 1, 3).reshape(len(q), SEQ, HIDDEN)
+
+
+def _session(model):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def run(mode: dict, progress=None) -> dict:
+    """Parity and timing of every core that loads; ``{"cores": {name: ...}, "timing": {batch: {name: summary}}}``."""
+    from benchmarks import timing
+
+    results: dict = {"seq": SEQ, "hidden": HIDDEN, "heads": HEADS, "cores": {}}
+    check = feeds(16, seed=1, empty_row=True)
+    expected = reference(check)
+    runs = {}
+    for kind in CORES:
+        entry: dict = {}
+        try:
+            session = _session(build_core(kind))
+            bare = _session(build_core(kind, zero_empty_rows=False))
+            got = session.run(None, check)[0]
+            empty = bare.run(None, check)[0][0]
+        except Exception as error:  # noqa: BLE001 - an op this onnxruntime build lacks is a finding, not a crash
+            entry["error"] = " ".join(str(error).split())[:300]
+            results["cores"][kind] = entry
+            continue
+        entry["max_abs_diff"] = float(np.max(np.abs(got[1:] - expected[1:])))
+        entry["empty_row_max_abs"] = float(np.max(np.abs(got[0])))
+        mean_value = check["value"][0].mean(axis=0)
+        unmasked = reference({**check, "key_padding_mask": np.ones_like(check["key_padding_mask"])})[0]
+        entry["empty_row_without_zeroing"] = (
+            "NaN" if np.isnan(empty).any() else "zeros" if not np.abs(empty).max()
+            else "mean of the values" if np.allclose(empty, mean_value, atol=1e-5)
+            else "attends to every key (mask ignored)" if np.allclose(empty, unmasked, atol=1e-3) else "other")
+        results["cores"][kind] = entry
+        runs[kind] = (lambda s: lambda f, texts: s.run(None, f))(session)
+    inputs = {b: feeds(b, seed=2) for b in mode["batches"]}
+    results["timing"] = {}
+    for batch in mode["batches"]:
+        samples = timing.time_batch(runs, inputs[batch], None, budget_s=mode["contrib_budget_s"], rounds=mode["rounds"],
+                                    min_calls=mode["min_calls"], progress=progress, label=f"attention core, batch {batch}")
+        results["timing"][str(batch)] = {
+            name: {**timing.summarize(r, batch), "speedup_vs_plain": timing.paired_speedup(samples[PLAIN], r)}
+            for name, r in samples.items()}
+    return results
+
+
+def markdown(results: dict) -> str:
+    out = [f"## Attention core alone: fused ops against the plain subgraph (batch, {results['seq']}, "
+           f"{results['hidden']}), {results['heads']} heads, key padding mask; default sessions", ""]
+    out += ["| core | max diff vs float64 (zeroing on) | fully masked row, op alone | with zeroing |", "|---|--:|---|--:|"]
+    for name, c in results["cores"].items():
+        if "error" in c:
+            out.append(f"| {name} | does not run: {c['error'][:120]} | - | - |")
+        else:
+            out.append(f"| {name} | {c['max_abs_diff']:.1e} | {c['empty_row_without_zeroing']} | {c['empty_row_max_abs']:.1e} |")
+    names = list(next(iter(results["timing"].values()))) if results["timing"] else []
+    if not names:
+        return "\n".join(out + ["", "No core ran: nothing timed."])
+    out += ["", "| batch | " + " | ".join(f"{n} rows/s" for n in names) + " | " +
+            " | ".join(f"{n} / plain" for n in names if n != PLAIN) + " |",
+            "|---|" + "--:|" * (2 * len(names) - 1)]
+    for batch, by in results["timing"].items():
+        out.append(f"| {batch} | " + " | ".join(f"{by[n]['sentences_per_s']:.4g}" for n in names) + " | "
+                   + " | ".join(f"{by[n]['speedup_vs_plain']:.2f}x" for n in names if n != PLAIN) + " |")
+    return "\n".join(out)
