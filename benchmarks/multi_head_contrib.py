@@ -8,8 +8,9 @@ of shape (batch, 40, 64), 4 heads of 16, and a key padding mask (int32
 
 - ``plain``: the subgraph `export.convert` writes for
   `MultiHeadScaledDotAttention` (Reshape/Transpose into heads, Mul by the
-  scale, MatMul, Add of the mask's bias, Softmax, Mul by the "row has a key"
-  factor, MatMul, back to (batch, 40, 64));
+  scale, MatMul, the clip of the scores to +-1e30 (Min, Max), Add of the
+  mask's bias, Softmax, Mul by the "row has a key" factor, MatMul, back to
+  (batch, 40, 64)); and the same without the clip, to show its cost;
 - ``com.microsoft.MultiHeadAttention``: onnxruntime's contrib op
   (``num_heads=4``, ``key_padding_mask``), then the same zeroing factor on its
   output (it gives a fully masked row the average of the values);
@@ -35,10 +36,14 @@ HEADS = 4
 #: ``score_dtype``'s masked score in `keras_attn.attention` (the bias our exporter writes).
 MASKED_SCORE = -1e37
 
+#: ``_SCORE_LIMIT`` of `keras_attn.attention`: scores are clipped to +-1e30 (a Min and a Max).
+SCORE_LIMIT = 1e30
+
 PLAIN = "plain subgraph (ours)"
+UNCLIPPED = "plain, no score clip"
 CONTRIB = "com.microsoft.MultiHeadAttention"
 OPSET23 = "Attention (opset 23)"
-CORES = (PLAIN, CONTRIB, OPSET23)
+CORES = (PLAIN, UNCLIPPED, CONTRIB, OPSET23)
 
 
 def build_core(kind: str, zero_empty_rows: bool = True):
@@ -59,7 +64,7 @@ def build_core(kind: str, zero_empty_rows: bool = True):
     mask = "key_padding_mask"
     out = "attention_core"
     raw = out if not zero_empty_rows else "core"
-    if kind == PLAIN:
+    if kind in (PLAIN, UNCLIPPED):
         shape = const("heads_shape", np.array([0, 0, HEADS, head], np.int64))
         q = node("Reshape", ["query", shape], "q4")
         q = node("Transpose", [q], "qt", perm=[0, 2, 1, 3])
@@ -67,6 +72,9 @@ def build_core(kind: str, zero_empty_rows: bool = True):
         k = node("Transpose", [node("Reshape", ["key", shape], "k4")], "kt", perm=[0, 2, 3, 1])
         v = node("Transpose", [node("Reshape", ["value", shape], "v4")], "vt", perm=[0, 2, 1, 3])
         scores = node("MatMul", [q, k], "scores")
+        if kind == PLAIN:
+            scores = node("Min", [scores, const("limit", np.float32(SCORE_LIMIT))], "clip_high")
+            scores = node("Max", [scores, const("minus_limit", np.float32(-SCORE_LIMIT))], "clipped")
         allowed = node("Cast", [mask], "allowed", to=TensorProto.BOOL)
         masked = node("Cast", [node("Not", [allowed], "masked_b")], "masked_f", to=TensorProto.FLOAT)
         bias = node("Mul", [masked, const("masked_score", np.float32(MASKED_SCORE))], "bias2")

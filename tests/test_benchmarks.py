@@ -135,7 +135,8 @@ def test_multi_head_smoke(tmp_path):
         assert graph["mask"].get("Equal") == 1  # tokens != 0, found
     assert results["graphs"]["ours"]["einsum"] == 0
     cores = results["contrib"]["cores"]
-    assert set(cores) == {"plain subgraph (ours)", "com.microsoft.MultiHeadAttention", "Attention (opset 23)"}
+    assert set(cores) == {"plain subgraph (ours)", "plain, no score clip", "com.microsoft.MultiHeadAttention",
+                          "Attention (opset 23)"}
     assert cores["plain subgraph (ours)"]["max_abs_diff"] < 1e-5
     assert cores["plain subgraph (ours)"]["empty_row_max_abs"] == 0
     assert all(t["status"] in ("PASS", "FAIL", "n/a") for t in results["targets"])
