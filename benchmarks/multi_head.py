@@ -343,7 +343,7 @@ def run(options: argparse.Namespace) -> dict:
     results["model"] = {"name": ours_model.name, "params": int(ours_model.count_params()), "vocab_size": VOCAB_SIZE,
                         "seq_len": SEQ_LEN, "embedding_dim": EMBEDDING_DIM, "num_heads": NUM_HEADS,
                         "num_layers": NUM_LAYERS, "keras_agreement_max_abs_diff": agreement}
-    results["data"] = {"source": source, "rows": int(len(ids)), "mean_tokens": float(lengths.mean()),
+    results["data"] = {"source": source, "rows": len(ids), "mean_tokens": float(lengths.mean()),
                        "min_tokens": int(lengths.min()), "max_tokens": int(lengths.max())}
 
     with contextlib.ExitStack() as stack:

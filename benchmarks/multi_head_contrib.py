@@ -177,7 +177,7 @@ def run(mode: dict, progress=None) -> dict:
             else "mean of the values" if np.allclose(empty, mean_value, atol=1e-5)
             else "attends to every key (mask ignored)" if np.allclose(empty, unmasked, atol=1e-3) else "other")
         results["cores"][kind] = entry
-        runs[kind] = (lambda s: lambda f, texts: s.run(None, f))(session)
+        runs[kind] = lambda f, texts, session=session: session.run(None, f)
     inputs = {b: feeds(b, seed=2) for b in mode["batches"]}
     results["timing"] = {}
     for batch in mode["batches"]:
