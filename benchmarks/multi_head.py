@@ -16,10 +16,12 @@ on the same int32 ids (sentences of varying lengths padded with 0), every
 output fetched, timed in turns (`benchmarks.timing`). The report counts the
 Einsum and mask nodes of each graph as onnxruntime optimises it.
 
-``--contrib`` adds the experiment behind the export decision: one attention
-core (batch, 40, 64), 4 heads, with a key padding mask, as onnxruntime's
-contrib ``com.microsoft.MultiHeadAttention``, as opset 23 ``Attention`` and as
-the plain subgraph our exporter writes (MatMul, Mul, Add, Softmax, MatMul).
+``--contrib`` adds the experiment behind the export decision
+(`benchmarks.multi_head_contrib`): one attention core (batch, 40, 64), 4
+heads, with a key padding mask, as onnxruntime's contrib
+``com.microsoft.MultiHeadAttention``, as opset 23 ``Attention`` and as the
+plain subgraph our exporter writes (MatMul, Mul, Add, Softmax, MatMul); then
+our whole file with its first attention layer rewritten into each fused op.
 
 Markdown report on stdout, progress on stderr; ``--json PATH`` writes every number.
 """
@@ -316,7 +318,7 @@ def run(options: argparse.Namespace) -> dict:
 
     mode_name = "smoke" if options.smoke else "quick" if options.quick else "full"
     mode = MODES[mode_name]
-    steps = 5 + mode["rounds"] * len(mode["batches"]) * (2 if options.contrib else 1)
+    steps = 5 + mode["rounds"] * len(mode["batches"]) * (3 if options.contrib else 1)
     progress = timing.Progress(steps, enabled=not options.quiet)
     started = time.perf_counter()
     results: dict = {"schema": 1, "mode": mode_name, "settings": dict(mode), "machine": machine()}
@@ -377,6 +379,13 @@ def run(options: argparse.Namespace) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             results["timing"] = _time_paths(runs, ids, mode, progress, "model")
+        del runs, ours_run, twin_run, keras_run
+        if options.contrib:
+            from benchmarks import multi_head_contrib
+
+            check = np.concatenate([ids[:15], np.zeros((1, SEQ_LEN), np.int32)])  # and one empty text
+            results["contrib_model"] = multi_head_contrib.run_model(
+                files["ours"], {b: _batch(ids, b) for b in mode["batches"]}, check, mode, progress)
 
     if options.contrib:
         from benchmarks import multi_head_contrib
@@ -458,6 +467,10 @@ def markdown(results: dict) -> str:
         from benchmarks import multi_head_contrib
 
         out += ["", multi_head_contrib.markdown(results["contrib"])]
+    if "contrib_model" in results:
+        from benchmarks import multi_head_contrib
+
+        out += ["", multi_head_contrib.markdown_model(results["contrib_model"])]
     out += ["", "## Targets", ""]
     for t in results["targets"]:
         value = "-" if t["measured"] is None else f"{t['measured']:.3g}"

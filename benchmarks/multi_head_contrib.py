@@ -19,7 +19,11 @@ of shape (batch, 40, 64), 4 heads of 16, and a key padding mask (int32
   queries), then the zeroing factor.
 
 Each runs on a default ``InferenceSession``, timed in turns at every batch
-size (`benchmarks.timing`). Parity: each against a float64 numpy reference on
+size (`benchmarks.timing`). Then the whole model: our exported file against
+copies with its first attention layer's core rewritten into each fused op
+(`fuse_first_layer`; the last layer's weights are model outputs, which
+neither op returns) and, as the control of the opset-23 one, the same file
+only converted to opset 23. Parity: each against a float64 numpy reference on
 rows of varied lengths, and what each gives a fully masked row without the
 zeroing factor. Needs numpy, onnx and onnxruntime only.
 """
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CORES", "build_core", "markdown", "reference", "run"]
+__all__ = ["CORES", "build_core", "fuse_first_layer", "markdown", "markdown_model", "reference", "run", "run_model"]
 
 SEQ = 40
 HIDDEN = 64
@@ -207,4 +211,174 @@ def markdown(results: dict) -> str:
     for batch, by in results["timing"].items():
         out.append(f"| {batch} | " + " | ".join(f"{by[n]['sentences_per_s']:.4g}" for n in names) + " | "
                    + " | ".join(f"{by[n]['speedup_vs_plain']:.2f}x" for n in names if n != PLAIN) + " |")
+    return "\n".join(out)
+
+
+#: The whole-model variants of `run_model`, in the order they are timed.
+MODEL_PLAIN = "our file"
+MODEL_CONTRIB = "layer 1 as com.microsoft.MultiHeadAttention"
+MODEL_OPSET23 = "our file at opset 23 (control)"
+MODEL_OPSET23_FUSED = "opset 23, layer 1 as Attention"
+
+
+def fuse_first_layer(model, kind: str):
+    """``model`` (our exported file, as a ModelProto) with its first attention core as one fused op.
+
+    ``kind`` is `CONTRIB` or `OPSET23` (then ``model`` must already be at
+    opset 23). The core is found from the first Softmax: the score MatMul
+    above it, the projections' Reshape and bias Add into it, the context
+    MatMul and its Transpose and Reshape back to (batch, seq, hidden) below;
+    the fused op takes the projections' MatMul outputs (and their biases),
+    the padding mask from ``Not(Equal(tokens, 0))``, and its output is zeroed
+    for a row without a real token, as our layer does. Changes ``model``.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    init = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    softmax = next(n for n in graph.node if n.op_type == "Softmax")
+    scores = producer[softmax.input[0]]
+    while scores.op_type in ("Add", "Max", "Min"):
+        scores = producer[scores.input[0]]
+
+    def projection(transpose):  # Transpose <- [Mul by the scale] <- Add of the bias <- Reshape <- MatMul
+        node = producer[transpose.input[0]]
+        if node.op_type == "Mul":
+            node = producer[node.input[0]]
+        if node.op_type != "Add":
+            raise ValueError(f"not our attention core: {node.op_type} before the heads' Transpose")
+        bias = next(init[i] for i in node.input if i in init).reshape(-1).astype(np.float32)
+        reshape = producer[next(i for i in node.input if i not in init)]
+        return reshape.input[0], bias
+
+    q, bq = projection(producer[scores.input[0]])
+    k, bk = projection(producer[scores.input[1]])
+    keep = next(c for c in consumers[softmax.output[0]] if c.op_type == "Mul")
+    context = next(c for c in consumers[keep.output[0]] if c.op_type == "MatMul")
+    v, bv = projection(producer[context.input[1]])
+    back = consumers[consumers[context.output[0]][0].output[0]][0]
+    if back.op_type != "Reshape":
+        raise ValueError(f"not our attention core: {back.op_type} after the context")
+    equal = next(n for n in graph.node if n.op_type == "Equal" and any(i.name in n.input for i in graph.input))
+    real = next(c for c in consumers[equal.output[0]] if c.op_type == "Not").output[0]
+
+    def const(name, value):
+        graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    new = [helper.make_node("Cast", [real], ["fused/real"], to=TensorProto.FLOAT)]
+    if kind == CONTRIB:
+        new.append(helper.make_node("ReduceMax", ["fused/real"], ["fused/any"], axes=[1], keepdims=1))
+        new.append(helper.make_node("Cast", [real], ["fused/mask"], to=TensorProto.INT32))
+        new.append(helper.make_node("MultiHeadAttention", [q, k, v, const("fused/bias", np.concatenate([bq, bk, bv])),
+                                                           "fused/mask"], ["fused/out"], domain="com.microsoft",
+                                    num_heads=HEADS))
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    elif kind == OPSET23:
+        new.append(helper.make_node("ReduceMax", ["fused/real", const("fused/axis_1", np.array([1], np.int64))],
+                                    ["fused/any"], keepdims=1))
+        for name, source, bias in (("q", q, bq), ("k", k, bk), ("v", v, bv)):
+            new.append(helper.make_node("Add", [source, const(f"fused/b{name}", bias)], [f"fused/{name}"]))
+        new.append(helper.make_node("Unsqueeze", [real, const("fused/axes_12", np.array([1, 2], np.int64))],
+                                    ["fused/mask1"]))
+        new.append(helper.make_node("Expand", ["fused/mask1", const("fused/mask_shape", np.array([1, 1, SEQ, 1], np.int64))],
+                                    ["fused/mask"]))
+        new.append(helper.make_node("Attention", ["fused/q", "fused/k", "fused/v", "fused/mask"], ["fused/out"],
+                                    q_num_heads=HEADS, kv_num_heads=HEADS))
+    else:
+        raise ValueError(f"kind must be {CONTRIB!r} or {OPSET23!r}, got {kind!r}")
+    new.append(helper.make_node("Unsqueeze", ["fused/any", const("fused/axis_2", np.array([2], np.int64))], ["fused/keep"]))
+    new.append(helper.make_node("Mul", ["fused/out", "fused/keep"], [back.output[0]]))
+    nodes = list(graph.node)
+    at = nodes.index(back)
+    nodes = nodes[:at] + new + nodes[at + 1:]
+    outputs = {o.name for o in graph.output}
+    while True:  # drop what only the old core used
+        used = {i for n in nodes for i in n.input} | outputs
+        alive = [n for n in nodes if any(o in used for o in n.output)]
+        if len(alive) == len(nodes):
+            break
+        nodes = alive
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return model
+
+
+def _opset23(path):
+    import onnx
+    from onnx import version_converter
+
+    model = version_converter.convert_version(onnx.load(str(path)), 23)
+    model.ir_version = 10
+    return model
+
+
+def run_model(path, ids_by_batch: dict, check_ids: np.ndarray, mode: dict, progress=None) -> dict:
+    """Our file at ``path`` against its fused copies (`fuse_first_layer`) on default sessions.
+
+    ``check_ids`` (which should hold a row of padding only) gives each
+    variant's max |diff| from our file per output; ``ids_by_batch`` the timed
+    batches. Returns ``{"variants": {name: {"nodes", "max_abs_diff"} or {"error"}},
+    "timing": {batch: {name: summary with speedup_vs_plain}}}``.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from benchmarks import timing
+
+    builders = {
+        MODEL_PLAIN: lambda: onnx.load(str(path)),
+        MODEL_CONTRIB: lambda: fuse_first_layer(onnx.load(str(path)), CONTRIB),
+        MODEL_OPSET23: lambda: _opset23(path),
+        MODEL_OPSET23_FUSED: lambda: fuse_first_layer(_opset23(path), OPSET23),
+    }
+    results: dict = {"variants": {}, "timing": {}}
+    runs = {}
+    reference_out = None
+    for name, build in builders.items():
+        try:
+            model = build()
+            session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            feed = session.get_inputs()[0].name
+            got = session.run(None, {feed: check_ids})
+        except Exception as error:  # noqa: BLE001 - a variant that does not build or load is a finding
+            results["variants"][name] = {"error": " ".join(str(error).split())[:300]}
+            continue
+        reference_out = got if reference_out is None else reference_out
+        results["variants"][name] = {
+            "nodes": len(model.graph.node),
+            "max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(got, reference_out))}
+        runs[name] = lambda x, texts, session=session, feed=feed: session.run(None, {feed: x})
+    for batch, x in ids_by_batch.items():
+        samples = timing.time_batch(runs, x, None, budget_s=mode["batch1_budget_s"] if batch == 1 else mode["budget_s"],
+                                    rounds=mode["rounds"], min_calls=mode["min_calls"], progress=progress,
+                                    label=f"model with fused attention, batch {batch}")
+        results["timing"][str(batch)] = {
+            name: {**timing.summarize(r, batch), "speedup_vs_plain": timing.paired_speedup(samples[MODEL_PLAIN], r)}
+            for name, r in samples.items()}
+    return results
+
+
+def markdown_model(results: dict) -> str:
+    out = ["## The whole model with its first attention layer fused (our file rewritten; default sessions)", "",
+           "| variant | nodes | max diff vs our file |", "|---|--:|--:|"]
+    for name, v in results["variants"].items():
+        out.append(f"| {name} | does not run: {v['error'][:120]} | - |" if "error" in v
+                   else f"| {name} | {v['nodes']} | {v['max_abs_diff']:.1e} |")
+    names = list(next(iter(results["timing"].values()))) if results["timing"] else []
+    if not names:
+        return "\n".join(out)
+    out += ["", "| batch | " + " | ".join(f"{n} sent/s (x our file)" for n in names) + " |", "|---|" + "--:|" * len(names)]
+    for batch, by in results["timing"].items():
+        out.append(f"| {batch} | " + " | ".join(f"{by[n]['sentences_per_s']:.4g} ({by[n]['speedup_vs_plain']:.2f}x)"
+                                              for n in names) + " |")
     return "\n".join(out)
