@@ -35,7 +35,7 @@ BATCH_SIZES = (1, 16)
 LENGTHS = (4, 12)
 
 
-def _keras_export_status(model, path: Path, signature) -> tuple[str, float]:
+def keras_export_status(model, path: Path, signature) -> tuple[str, float]:
     """(status, max |diff|) of Keras's own export of ``model`` at ``path``."""
     import numpy as np
     import onnxruntime as ort
@@ -128,7 +128,7 @@ def run(names=None) -> list[dict]:
             t = time.perf_counter()
             try:
                 signature = ModelSignature.from_keras(model)
-                keras_status, keras_diff = _keras_export_status(model, Path(folder) / f"{architecture.name}.keras.onnx", signature)
+                keras_status, keras_diff = keras_export_status(model, Path(folder) / f"{architecture.name}.keras.onnx", signature)
             except Exception as error:
                 keras_status, keras_diff = f"not comparable ({type(error).__name__})", math.nan
             keras_s = time.perf_counter() - t

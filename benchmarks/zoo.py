@@ -141,7 +141,7 @@ def tiny_vit(keras, layers, ops):
     return keras.Model(image, layers.Dense(5, name="logits")(x), name="tiny_vit")
 
 
-def _jittered(model):
+def jittered(model):
     """Random weights that are not the initializers' (whose logits come out all equal)."""
     rng = np.random.default_rng(0)
     weights = []
@@ -159,7 +159,7 @@ def _jittered(model):
 
 @_seeded
 def mobilenet_v2(keras, layers, ops):
-    return _jittered(
+    return jittered(
         keras.applications.MobileNetV2(
             input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=4, classifier_activation=None
         )
@@ -169,7 +169,7 @@ def mobilenet_v2(keras, layers, ops):
 @_seeded
 def efficientnet_b0(keras, layers, ops):
     # Its own Rescaling and Normalization layers are built in: constants in the traced graph.
-    return _jittered(
+    return jittered(
         keras.applications.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=4, classifier_activation=None)
     )
 

@@ -107,3 +107,53 @@ def test_threads_sweep_prints_the_three_tables(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "benchmarks.threads", str(tmp_path / "missing.onnx")],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no such file" in bad.stderr
+
+
+def test_multi_head_smoke(tmp_path):
+    """`python -m benchmarks.multi_head --smoke --contrib`: both files timed, node counts, the fused-op experiment."""
+    out = tmp_path / "multi_head.json"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.multi_head", "--smoke", "--contrib", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    for key in ("machine", "model", "data", "export", "files", "graphs", "sessions", "onnx_agreement_max_abs_diff",
+                "timing", "contrib", "contrib_model", "targets"):
+        assert key in results, key
+    assert {"date", "cpu", "cores", "load_average_start", "load_average_end", "onnxruntime", "keras"} <= set(results["machine"])
+    # The two models are one function in Keras, and the two files agree.
+    assert all(diff <= 1e-5 for diff in results["model"]["keras_agreement_max_abs_diff"].values())
+    assert all(diff is not None and diff <= 1e-4 for diff in results["onnx_agreement_max_abs_diff"].values())
+    from benchmarks.multi_head import KERAS, OURS, OURS_TWIN
+
+    assert set(results["timing"]) == {str(b) for b in results["settings"]["batches"]}
+    for by_path in results["timing"].values():
+        assert set(by_path) == {KERAS, OURS, OURS_TWIN}
+        for summary in by_path.values():
+            assert summary["sentences_per_s"] > 0 and summary["speedup_vs_first"] > 0
+    for graph in results["graphs"].values():
+        assert {"einsum", "einsum_in_file", "mask", "mask_applied", "nodes", "ops"} <= set(graph)
+        assert graph["mask"].get("Equal") == 1  # tokens != 0, found
+    assert results["graphs"]["ours"]["einsum"] == 0
+    cores = results["contrib"]["cores"]
+    assert set(cores) == {"plain subgraph (ours)", "plain, no score clip", "com.microsoft.MultiHeadAttention",
+                          "Attention (opset 23)"}
+    assert cores["plain subgraph (ours)"]["max_abs_diff"] < 1e-5
+    assert cores["plain subgraph (ours)"]["empty_row_max_abs"] == 0
+    variants = results["contrib_model"]["variants"]
+    assert len(variants) == 4 and variants["our file"]["max_abs_diff"] == 0
+    # Fused or not, the file computes the same outputs (an empty text included).
+    assert all(v["max_abs_diff"] < 1e-4 for v in variants.values() if "error" not in v)
+    for by_variant in results["contrib_model"]["timing"].values():
+        assert set(by_variant) == {name for name, v in variants.items() if "error" not in v}
+    assert all(t["status"] in ("PASS", "FAIL", "n/a") for t in results["targets"])
+    assert any(t["name"].startswith("ours >= 1.0x keras export") for t in results["targets"])
+    assert "Einsum on the hot path: ours 0, keras " in done.stdout
+    assert "## Targets" in done.stdout and "[1/" in done.stderr and "[1/" not in done.stdout
+
+
+def test_multi_head_help():
+    done = subprocess.run([sys.executable, "-m", "benchmarks.multi_head", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0
+    for option in ("--quick", "--smoke", "--json", "--contrib"):
+        assert option in done.stdout
