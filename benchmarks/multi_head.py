@@ -76,63 +76,20 @@ def build_model():
 
 
 def _build():
-    """The one line to switch to ``keras_attn.build_text_classifier(..., encoder="transformer")``."""
-    return _transformer_classifier(VOCAB_SIZE, NUM_CLASSES, seq_len=SEQ_LEN, embedding_dim=EMBEDDING_DIM,
-                                   num_heads=NUM_HEADS, num_layers=NUM_LAYERS)
+    """The transformer of `keras_attn.build_text_classifier`, its feed-forward in relu.
 
-
-def _transformer_classifier(vocab_size, num_classes, *, seq_len, embedding_dim, num_heads, num_layers,
-                            name="transformer_classifier"):
-    """A stand-in for ``build_text_classifier(..., encoder="transformer")`` until it lands on main.
-
-    Token + learned position embeddings, ``num_layers`` pre-norm blocks
-    (attention, then a relu feed-forward of twice the width, each residual),
-    a final LayerNormalization and a mean over the real tokens. The padding
-    mask ``tokens != 0`` goes to each attention layer as ``attention_mask``
-    over the keys, so no query row is fully masked unless the whole text is
-    padding. Outputs: ``probability``, ``attention`` (the last block's
-    weights averaged over the heads, padding query rows at 0) and
-    ``attention_heads`` (the last block's weights per head).
-
-    relu, not gelu: Keras's ``model.export`` writes exact gelu as an
-    ``Erfc`` node, which is no ONNX op, and its file does not load
+    relu, not the builder's gelu: Keras's ``model.export`` writes exact gelu
+    as an ``Erfc`` node, which is no ONNX op, and its file does not load
     (onnxruntime 1.32: "No Op registered for Erfc"); there would be nothing
-    to compare with.
+    to compare with. Dropout off (inference drops it anyway).
     """
-    import keras
-    from keras import layers, ops
+    from keras_attn import build_text_classifier
 
-    from keras_attn import MultiHeadScaledDotAttention
-
-    tokens = keras.Input((seq_len,), dtype="int32", name="tokens")
-    real = ops.not_equal(tokens, 0)
-    x = layers.Embedding(vocab_size, embedding_dim, name="token_embedding")(tokens)
-    # Positions counted from the ids, not an ops.arange: Keras's model.export
-    # makes a constant tensor in the graph (and so the embedding of one) an
-    # extra graph input of its file.
-    positions = ops.cumsum(ops.ones_like(tokens), axis=1) - 1
-    x = x + layers.Embedding(seq_len, embedding_dim, name="position_embedding")(positions)
-    keys = ops.expand_dims(real, axis=1)  # (batch, 1, seq): every query sees the real keys
-    weights = None
-    for i in range(num_layers):
-        h = layers.LayerNormalization(epsilon=1e-6, name=f"norm_{i}_a")(x)
-        h, weights = MultiHeadScaledDotAttention(num_heads, embedding_dim // num_heads, name=f"attention_{i}")(
-            h, h, attention_mask=keys, return_attention_scores=True)
-        x = x + h
-        h = layers.LayerNormalization(epsilon=1e-6, name=f"norm_{i}_b")(x)
-        h = layers.Dense(2 * embedding_dim, activation="relu", name=f"ffn_{i}_a")(h)
-        x = x + layers.Dense(embedding_dim, name=f"ffn_{i}_b")(h)
-    x = layers.LayerNormalization(epsilon=1e-6, name="norm_out")(x)
-    column = ops.cast(ops.expand_dims(real, -1), x.dtype)
-    pooled = ops.sum(x * column, axis=1) / ops.maximum(ops.sum(column, axis=1), 1.0)
-    if num_classes == 2:
-        probability = layers.Dense(1, activation="sigmoid", name="probability")(pooled)
-    else:
-        probability = layers.Dense(num_classes, activation="softmax", name="probability")(pooled)
-    heads = layers.Identity(name="attention_heads")(weights)
-    attention = layers.Multiply(name="attention")([ops.mean(weights, axis=1), column])
-    return keras.Model(tokens, {"probability": probability, "attention": attention, "attention_heads": heads},
-                       name=name)
+    return build_text_classifier(
+        VOCAB_SIZE, NUM_CLASSES, seq_len=SEQ_LEN, encoder="transformer", embedding_dim=EMBEDDING_DIM,
+        units=2 * EMBEDDING_DIM, num_heads=NUM_HEADS, num_layers=NUM_LAYERS, feed_forward_activation="relu",
+        embedding_dropout=0.0, attention_dropout=0.0, pooled_dropout=0.0, name="transformer_classifier",
+    )
 
 
 def with_keras_attention(model):

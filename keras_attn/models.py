@@ -50,6 +50,7 @@ def build_text_classifier(
     pooling=None,
     num_heads=4,
     num_layers=2,
+    feed_forward_activation="gelu",
     name="text_classifier",
 ):
     """Embedding -> encoder -> self-attention -> pooling -> class probabilities.
@@ -91,6 +92,8 @@ def build_text_classifier(
             `"max"`, `"mean"` for the transformer.
         num_heads: the transformer's attention heads.
         num_layers: the transformer's blocks.
+        feed_forward_activation: the activation of the transformer's
+            feed-forward layers (any Keras activation name).
         name: the model's name.
 
     Returns:
@@ -138,7 +141,8 @@ def build_text_classifier(
     )(tokens)
     if encoder == "transformer":
         context, weights, heads = _transformer(
-            x, tokens, padding, seq_len, embedding_dim, units, embedding_dropout, attention_dropout, num_heads, num_layers
+            x, tokens, padding, seq_len, embedding_dim, units, embedding_dropout, attention_dropout, num_heads, num_layers,
+            feed_forward_activation,
         )
         outputs = {"attention_heads": layers.Identity(name="attention_heads")(heads)}
     else:
@@ -188,7 +192,9 @@ def _attend(x, padding, encoder, units, kernel_size, embedding_dropout, attentio
     return context, weights
 
 
-def _transformer(x, tokens, padding, seq_len, dim, units, embedding_dropout, attention_dropout, num_heads, num_layers):
+def _transformer(
+    x, tokens, padding, seq_len, dim, units, embedding_dropout, attention_dropout, num_heads, num_layers, activation
+):
     """Pre-norm multi-head blocks over token + position embeddings.
 
     Returns (features, the last block's weights averaged over heads, its
@@ -214,7 +220,7 @@ def _transformer(x, tokens, padding, seq_len, dim, units, embedding_dropout, att
             h = layers.Dropout(attention_dropout)(h)
         x = layers.Add()([x, h])
         h = layers.LayerNormalization(epsilon=1e-6, name=f"block{block}_feed_forward_norm")(x)
-        h = layers.Dense(units, activation="gelu", name=f"block{block}_feed_forward")(h)
+        h = layers.Dense(units, activation=activation, name=f"block{block}_feed_forward")(h)
         h = layers.Dense(dim, name=f"block{block}_feed_forward_out")(h)
         if attention_dropout:
             h = layers.Dropout(attention_dropout)(h)
