@@ -117,7 +117,7 @@ def build_text_classifier(
     if encoder not in ENCODERS:
         raise ValueError(f"encoder must be one of {', '.join(map(repr, ENCODERS))}, got {encoder!r}")
     if pooling is None:
-        pooling = "mean" if encoder == "transformer" else "max"
+        pooling = default_pooling(encoder)
     if pooling == "flatten" and seq_len is None:
         raise ValueError("'flatten' pooling needs a seq_len: it fixes the length in the graph")
     if pooling not in ("flatten", "max", "mean"):
@@ -227,6 +227,11 @@ def _transformer(
         x = layers.Add()([x, h])
     x = layers.LayerNormalization(epsilon=1e-6, name="final_norm")(x)
     return x, ops.mean(heads, axis=1), heads
+
+
+def default_pooling(encoder):
+    """The pooling an encoder gets unless told: a mean over the transformer's tokens, a max otherwise."""
+    return "mean" if encoder == "transformer" else "max"
 
 
 def build_sentiment_model(vocab_size, seq_len=32, *, name="sentiment", **options):

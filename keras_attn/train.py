@@ -31,6 +31,7 @@ from keras_attn.models import (
     TUTORIAL,
     build_text_classifier,
     class_probabilities,
+    default_pooling,
     classification_loss,
 )
 from keras_attn.text import TextEncoder
@@ -223,6 +224,8 @@ def train(data, out, *, verbose=0, model_name="text_classifier", **options):
         **MODEL_DEFAULTS,
         **{k: v for k, v in options.items() if k in MODEL_DEFAULTS},
     }
+    if hp["pooling"] is None:  # recorded as built
+        hp["pooling"] = default_pooling(hp["encoder"])
     if run["class_weight"] not in (None, "balanced"):
         raise ValueError(f"class_weight must be None or 'balanced', got {run['class_weight']!r}")
     classes = tuple(data.classes)

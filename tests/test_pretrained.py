@@ -33,9 +33,10 @@ def test_carries_its_encoder_and_recorded_metrics():
     metrics = json.loads(PATH.with_name("metrics.json").read_text())
     # The recipe's seed 0, as `python -m keras_attn.train` writes it today.
     # (Options added since, such as class_weight, are at their defaults.)
-    defaults = {**DEFAULTS, **MODEL_DEFAULTS}
+    # Pooling is recorded as built (max for the Conv1D encoder).
+    defaults = {**DEFAULTS, **MODEL_DEFAULTS, "pooling": "max"}
     assert metrics["seed"] == 0
     assert metrics["options"] == {k: defaults[k] for k in metrics["options"]}
-    assert set(defaults) - set(metrics["options"]) == {"class_weight"}
+    assert set(defaults) - set(metrics["options"]) == {"class_weight", "num_heads", "num_layers"}
     assert metrics["test_accuracy"] > 0.83  # the tutorial's setup: 0.80
     assert metrics["options"]["seq_len"] == encoder.seq_len
