@@ -17,6 +17,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from os import PathLike
 from pathlib import Path
 
@@ -49,10 +50,24 @@ def _word_pattern(cleaning: dict) -> re.Pattern:
     return re.compile("[" + pattern[2:])
 
 
-# tokenize() == clean().split(), in one pass: 1.7 us a sentence instead of 2.9
-# (1024 real sentences), encode 3.2 us instead of 4.9.
 _WORDS = _word_pattern(CLEANING)
 _LOWERCASE = CLEANING["lowercase"]
+
+# The words of many texts at once, in C: lowercase the texts joined by
+# _BREAK, encode to ASCII (any other character becomes "?", which is not
+# kept), map every byte the rule does not keep to a space and split. The
+# kept bytes are those `_WORDS` matches; _BREAK alone becomes _ROW_END, which
+# no text can contain after the encoding, so it marks where each text ends.
+# Lowercasing the joined texts gives the same words: the only context rule
+# of str.lower (final sigma) maps to non-ASCII letters either way. encode of
+# 1024 real sentences: 2.7 ms instead of 3.7 with findall on each text; one
+# sentence 4 us instead of 5 (AMD EPYC, load 0.7, 2026-12-03).
+_BREAK = "\x00"
+_ROW_END = b"\xff"
+_KEPT_BYTES = bytes(
+    ord(_ROW_END) if byte == ord(_BREAK) else byte if _WORDS.fullmatch(chr(byte)) else ord(" ")
+    for byte in range(256)
+)
 
 PAD_ID = 0
 OOV_ID = 1
@@ -98,6 +113,7 @@ class TextEncoder:
             raise ValueError(f"labels must be non-empty and unique, got {self._labels!r}")
 
         self._ids = {word: i for i, word in enumerate(self._vocabulary, _FIRST_WORD_ID)}
+        self._byte_ids = {word.encode("ascii"): i for word, i in self._ids.items()}
         self._words = ("", OOV_TOKEN, *self._vocabulary)  # by id; "" is padding
 
     @classmethod
@@ -152,9 +168,9 @@ class TextEncoder:
     def tokenize(text: str) -> list[str]:
         """Split cleaned text into words; empty for text without any a-z/0-9.
 
-        Always ``clean(text).split()``, computed in one regex pass.
+        Always ``clean(text).split()``, computed as `encode` finds words.
         """
-        return _WORDS.findall(text.lower() if _LOWERCASE else text)
+        return [word.decode("ascii") for word in _kept_bytes([text]).split()]
 
     def encode(self, texts: str | Iterable[str]) -> np.ndarray:
         """Encode texts into an int32 array of shape ``(len(texts), seq_len)``.
@@ -163,11 +179,13 @@ class TextEncoder:
         """
         texts = _as_texts(texts)
         seq_len = self._seq_len
-        lookup = self._ids.get
-        find = _WORDS.findall
         rows = np.zeros((len(texts), seq_len), dtype=np.int32)  # PAD_ID == 0
+        if not texts:
+            return rows
+        lookup = self._byte_ids.get
+        texts_words = [words.split() for words in _kept_bytes(texts).split(_ROW_END)]
         if len(texts) == 1:
-            ids = [lookup(word, OOV_ID) for word in find(texts[0].lower() if _LOWERCASE else texts[0])[:seq_len]]
+            ids = list(map(lookup, texts_words[0][:seq_len], repeat(OOV_ID)))
             rows[0, : len(ids)] = ids
             return rows
         # All ids in one list, written at once through a mask of the word
@@ -175,8 +193,8 @@ class TextEncoder:
         # 0.94 ms for a list padded in Python.
         flat: list[int] = []
         lengths: list[int] = []
-        for text in texts:
-            ids = [lookup(word, OOV_ID) for word in find(text.lower() if _LOWERCASE else text)[:seq_len]]
+        for words in texts_words:
+            ids = list(map(lookup, words[:seq_len], repeat(OOV_ID)))
             flat += ids
             lengths.append(len(ids))
         if flat:
@@ -266,6 +284,16 @@ class TextEncoder:
             f"TextEncoder(vocab_size={self.vocab_size}, seq_len={self._seq_len}, "
             f"labels={self._labels!r})"
         )
+
+
+def _kept_bytes(texts: list[str]) -> bytes:
+    """``texts`` as `_KEPT_BYTES` keeps them, `_ROW_END` between two: each text's words are its part's `bytes.split`."""
+    joined = f" {_BREAK} ".join(texts)
+    if joined.count(_BREAK) != len(texts) - 1:  # a text holds _BREAK: a separator to the rule, as a space
+        joined = f" {_BREAK} ".join(text.replace(_BREAK, " ") for text in texts)
+    if _LOWERCASE:
+        joined = joined.lower()
+    return joined.encode("ascii", "replace").translate(_KEPT_BYTES)
 
 
 def _as_texts(texts: str | Iterable[str]) -> list[str]:

@@ -132,6 +132,9 @@ def test_three_class_model_matches_keras(three_class):
     assert proba.shape == (len(texts), 3)
     np.testing.assert_allclose(proba, expected["probability"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    # predict_proba asks for the probabilities only: the same numbers as a run with attention.
+    for batch in (texts[:1], texts[:64], texts):
+        np.testing.assert_array_equal(classifier.predict_proba(batch), classifier.run_ids(encoder.encode(batch))["probability"])
     # It learned something: the parity is not on a constant output.
     assert np.mean(np.argmax(expected["probability"][: len(truth)], axis=1) == truth) > 0.8
 
