@@ -753,6 +753,15 @@ class TextClassifier:
         """
         return self.label_scores(self._run_ids(self.encoder.encode(texts), attention=False)[_PROBABILITY])
 
+    def classify(self, texts: str | Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(label index per text, predict_proba's (n, k) probabilities)``, without the attention.
+
+        The label is `predict`'s (`label_indices` on the model's output), for
+        callers that need labels and scores of many texts but no words.
+        """
+        probability = self._run_ids(self.encoder.encode(texts), attention=False)[_PROBABILITY]
+        return self.label_indices(probability), self.label_scores(probability)
+
     def label_scores(self, probability: np.ndarray) -> np.ndarray:
         """Each label's probability from the model's own ``probability`` output (`run_ids`).
 

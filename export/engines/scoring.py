@@ -17,7 +17,7 @@ import numpy as np
 from export.runtime import TextClassifier
 from export.tables import import_pyarrow
 
-__all__ = ["LABEL", "PROBABILITY", "check_columns", "output_columns", "score_batch", "score_texts"]
+__all__ = ["LABEL", "PROBABILITY", "check_columns", "output_columns", "score_batch"]
 
 LABEL = "label"
 PROBABILITY = "probability"
@@ -37,12 +37,6 @@ def check_columns(classifier: TextClassifier, names) -> None:
         )
 
 
-def score_texts(classifier: TextClassifier, texts) -> tuple[np.ndarray, np.ndarray]:
-    """``(label index per text, (n, k) float32 scores)``: `TextClassifier.predict` and `predict_proba`'s numbers."""
-    probability = classifier.run_ids(classifier.encoder.encode(texts))["probability"]
-    return classifier.label_indices(probability), classifier.label_scores(probability).astype(np.float32, copy=False)
-
-
 def score_batch(classifier: TextClassifier, batch, text_column: str):
     """``batch`` (a pyarrow RecordBatch or Table) with the scoring columns appended.
 
@@ -54,7 +48,8 @@ def score_batch(classifier: TextClassifier, batch, text_column: str):
     present = np.asarray(pa.compute.is_valid(texts))
     missing = int(len(present) - present.sum())
     values = texts.to_pylist() if missing == 0 else texts.filter(pa.array(present)).to_pylist()
-    indices, scores = score_texts(classifier, values)
+    indices, scores = classifier.classify(values)
+    scores = scores.astype(np.float32, copy=False)
     chosen = scores[np.arange(len(indices)), indices]
     labels = np.asarray(classifier.labels, dtype=object)[indices]
     columns = [pa.array(_spread(labels, present, missing), pa.string())]
