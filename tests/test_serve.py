@@ -466,26 +466,6 @@ def test_access_log_on_request(pair):
         process.wait()
 
 
-def test_two_workers_serve_and_stop(pair):
-    process, address = _start([str(pair), "--port", "0", "--workers", "2"])
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://{address}/v2/models/pair/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "workers did not start"
-            time.sleep(0.2)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
-        assert process.stderr.read().startswith("stopped serving pair")  # nothing from the workers
-    finally:
-        process.kill()
-        process.wait()
-
-
 def _workers(pid: int) -> set[int]:
     """The server's worker processes (multiprocessing children, not its resource tracker)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
@@ -543,6 +523,18 @@ def test_a_thousand_idle_connections_slow_no_one_and_are_closed_when_idle(pair):
     finally:
         for connection in idle:
             connection.close()
+        process.kill()
+        process.wait()
+
+
+def test_two_workers_serve_and_stop(pair):
+    process, address = _start([str(pair), "--port", "0", "--workers", "2"])
+    try:
+        _wait_ready(address)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        assert process.stderr.read().startswith("stopped serving pair")  # nothing from the workers
+    finally:
         process.kill()
         process.wait()
 
