@@ -359,12 +359,12 @@ def run(options: argparse.Namespace) -> dict:
 
 def targets(results: dict) -> list[dict]:
     """Ours at least as fast as Keras's file at every batch (the issue's target), as ``benchmarks.report`` lists them."""
-    from benchmarks.report import _at_least
+    from benchmarks.report import at_least
 
     by_batch = results["timing"]
     ratios = {b: by[OURS]["speedup_vs_first"] for b, by in by_batch.items()}
     worst = min(ratios, key=ratios.get)
-    out = [_at_least(f"ours >= 1.0x keras export at batch {'/'.join(ratios)} (worst: batch {worst})", ratios[worst], 1.0)]
+    out = [at_least(f"ours >= 1.0x keras export at batch {'/'.join(ratios)} (worst: batch {worst})", ratios[worst], 1.0)]
     graphs = results["graphs"]
     einsum = graphs["ours"]["einsum"]
     out.append({"name": "no Einsum on the hot path (ours)", "measured": einsum, "threshold": "== 0",

@@ -331,7 +331,6 @@ def run_model(path, ids_by_batch: dict, check_ids: np.ndarray, mode: dict, progr
     "timing": {batch: {name: summary with speedup_vs_plain}}}``.
     """
     import onnx
-    import onnxruntime as ort
 
     from benchmarks import timing
 
@@ -347,7 +346,7 @@ def run_model(path, ids_by_batch: dict, check_ids: np.ndarray, mode: dict, progr
     for name, build in builders.items():
         try:
             model = build()
-            session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+            session = _session(model)
             feed = session.get_inputs()[0].name
             got = session.run(None, {feed: check_ids})
         except Exception as error:  # noqa: BLE001 - a variant that does not build or load is a finding

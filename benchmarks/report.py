@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from benchmarks.paths import KERAS_ONNX, ORT_DEFAULT, ORT_DEFAULT_TWIN, RUNTIME
 
-__all__ = ["RUNTIME", "TEXT", "markdown", "noise_floor", "targets"]
+__all__ = ["RUNTIME", "TEXT", "at_least", "markdown", "noise_floor", "targets"]
 
 TEXT = "runtime fp32 text"
 KERAS_COLD = "keras load_model + predict"
@@ -42,7 +42,7 @@ def _target(name: str, measured, threshold: str, ok) -> dict:
             "status": "n/a" if ok is None else "PASS" if ok else "FAIL"}
 
 
-def _at_least(name: str, measured, need: float, unit: str = "x") -> dict:
+def at_least(name: str, measured, need: float, unit: str = "x") -> dict:
     return _target(name, measured, f">= {need}{unit}", None if measured is None else measured >= need)
 
 
@@ -53,10 +53,10 @@ def targets(results: dict) -> list[dict]:
     cases = results.get("cases", {})
     out = []
     for batch, need in (("1", 15.0), ("1024", 2.0)):
-        out.append(_at_least(f"runtime vs tf.function, sentences, batch {batch}",
+        out.append(at_least(f"runtime vs tf.function, sentences, batch {batch}",
                              runtime.get(batch, {}).get("speedup_vs_baseline"), need))
     for case, need in ((HALF, 1.5), (DENSE, 1.3)):
-        out.append(_at_least(f"runtime vs tf.function, {case}, batch 1024",
+        out.append(at_least(f"runtime vs tf.function, {case}, batch 1024",
                              cases.get(case, {}).get(RUNTIME, {}).get("1024", {}).get("speedup_vs_baseline"), need))
     # Every model and batch size against both files on default InferenceSessions.
     models = _compared(results, RUNTIME)
@@ -64,14 +64,14 @@ def targets(results: dict) -> list[dict]:
         ratios = {f"{name} batch {b}": by[b]["speedup_vs"][other]
                   for name, by in models.items() for b in COMPARED_BATCHES if b in by and other in by[b].get("speedup_vs", {})}
         worst = min(ratios, key=ratios.get) if ratios else None
-        out.append(_at_least(f"runtime vs {other}, every model and batch in {'/'.join(COMPARED_BATCHES)} (worst: {worst})",
+        out.append(at_least(f"runtime vs {other}, every model and batch in {'/'.join(COMPARED_BATCHES)} (worst: {worst})",
                              ratios.get(worst), 1.0))
     # Throughput must not fall as the batch grows: the sweep times batch sizes in
     # turns, and each step's ratio is taken within a round (load drifts between rounds).
     growth = results.get("runtime_batch_growth") or {}
     if growth:
         worst = min(growth, key=growth.get)
-        out.append(_at_least(f"runtime throughput as the batch grows {' '.join(growth)} (worst step: {worst})",
+        out.append(at_least(f"runtime throughput as the batch grows {' '.join(growth)} (worst step: {worst})",
                              growth[worst], round(1 - NOISE, 2), ""))
     else:
         out.append(_target("runtime throughput as the batch grows 64->256->1024", None, f">= {1 - NOISE}", None))
@@ -79,11 +79,11 @@ def targets(results: dict) -> list[dict]:
     shares = {b: 1 / runtime[b]["speedup_vs"][TEXT] for b in text if TEXT in runtime.get(b, {}).get("speedup_vs", {})}
     if shares:
         worst = min(shares, key=shares.get)
-        out.append(_at_least(f"raw-text vs token-id throughput (worst: batch {worst})", shares[worst], 0.5, ""))
+        out.append(at_least(f"raw-text vs token-id throughput (worst: batch {worst})", shares[worst], 0.5, ""))
     cold = results.get("cold_start", {})
     if KERAS_COLD in cold and RUNTIME_COLD in cold:
         ratio = cold[KERAS_COLD]["wall_s"] / cold[RUNTIME_COLD]["wall_s"]
-        out.append(_at_least("cold start: Keras wall time / runtime wall time", ratio, 10))
+        out.append(at_least("cold start: Keras wall time / runtime wall time", ratio, 10))
     if RUNTIME_COLD in cold:
         rss = cold[RUNTIME_COLD]["peak_rss_mib"]
         out.append(_target("cold start: runtime peak RSS (MiB)", rss, "<= 100", rss <= 100))
