@@ -179,15 +179,26 @@ class Table:
         """
         schema = None
         for part in self.parts:
-            for batch in _READERS[self.format](part, self.format, self.text_column, rows):
-                if schema is None:
-                    schema = batch.schema
-                elif not batch.schema.equals(schema):
-                    raise TableError(
-                        f"{part}: its columns ({', '.join(batch.schema.names)}) differ from "
-                        f"{self.parts[0]}'s ({', '.join(schema.names)})"
-                    )
+            for batch in self.part_batches(part, rows, schema):
+                schema = batch.schema
                 yield part, batch
+
+    def part_batches(self, part: Path, rows: int = 8192, schema=None):
+        """Yield the pyarrow RecordBatches of one of `parts`, as `batches` does.
+
+        Engines that read parts side by side call it, each with the first
+        part's ``schema``.
+
+        Raises:
+            TableError: as `batches`; also a batch whose columns are not ``schema``'s.
+        """
+        for batch in _READERS[self.format](part, self.format, self.text_column, rows):
+            if schema is not None and not batch.schema.equals(schema):
+                raise TableError(
+                    f"{part}: its columns ({', '.join(batch.schema.names)}) differ from "
+                    f"{self.parts[0]}'s ({', '.join(schema.names)})"
+                )
+            yield batch
 
 
 def read_table(path: str | PathLike[str], text_column: str = "text", format: str | None = None) -> Table:  # noqa: A002

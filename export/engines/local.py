@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
-from export.engines.scoring import check_columns, score_batch
+from export.engines.scoring import LABEL, check_columns, score_batch
 from export.files import atomic_dir
 from export.runtime import TextClassifier
 from export.tables import Table, import_pyarrow
@@ -39,6 +39,12 @@ class Summary:
     rows_scored: int
     rows_without_text: int
     seconds: float
+
+    @classmethod
+    def of_output(cls, folder: Path, seconds: float) -> Summary:
+        """The summary of a run that wrote ``folder`` (one ``label`` per input row, null without text)."""
+        labels = import_pyarrow().parquet.read_table(folder, columns=[LABEL]).column(LABEL)
+        return cls(len(labels), len(labels) - labels.null_count, labels.null_count, seconds)
 
     def __str__(self) -> str:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
