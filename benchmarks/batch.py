@@ -3,13 +3,17 @@
     python -m benchmarks.batch                  # 100k sentences for speed, 1M rows for memory (~2 minutes)
     python -m benchmarks.batch --model m.onnx --json batch.json
     python -m benchmarks.batch --smoke          # seconds: checks the harness runs
+    python -m benchmarks.batch --engine ray --engine spark   # and those engines on the 100k rows
 
 Speed: the same sentences (the UCI set repeated to ``--rows``, else generated
 ones) in one Parquet file; rows/s of `export.engines.local.score_files` on
 that file against `TextClassifier.predict_proba` on the same texts held in
 memory, in one process, taking turns for ``--rounds`` rounds (medians).
 Memory: `python -m export.batch` on ``--big-rows`` rows of Parquet and of CSV,
-each in a new process that reports its own peak RSS (``VmHWM``). Markdown on
+each in a new process that reports its own peak RSS (``VmHWM``). With
+``--engine``, ``python -m export.batch --engine ray|spark`` on the speed run's
+file, timed whole (the cluster's or session's start-up is part of a user's
+run). Markdown on
 stdout with the CPU and load average; progress on stderr.
 """
 
@@ -83,7 +87,22 @@ def _peak_rss_mib(model: Path, source: Path, output: Path) -> tuple[float, float
     return int(done.stderr.strip().splitlines()[-1]) / 1024, time.perf_counter() - started
 
 
-def run(model=None, rows=100_000, big_rows=1_000_000, rounds=3, data_dir=None, say=lambda message: None) -> dict:
+def _engine_rows_s(model: Path, source: Path, output: Path, engine: str, rows: int) -> float:
+    """Rows/s of ``python -m export.batch --engine ENGINE``, start-up of its cluster or session included."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "export.batch", str(model), str(source), "-o", str(output), "--overwrite", "--engine", engine],
+        capture_output=True, text=True, timeout=1800, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)},
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"export.batch --engine {engine} failed: {done.stderr.strip()[-500:]}")
+    return rows / (time.perf_counter() - started)
+
+
+def run(
+    model=None, rows=100_000, big_rows=1_000_000, rounds=3, data_dir=None, engines=(), say=lambda message: None,
+) -> dict:
     """Every figure of the report, as a dict."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -110,6 +129,10 @@ def run(model=None, rows=100_000, big_rows=1_000_000, rounds=3, data_dir=None, s
             t = time.perf_counter()
             score_files(classifier, table, work / "scored", overwrite=True)
             engine.append(time.perf_counter() - t)
+        engine_rates = {}
+        for name in engines:
+            say(f"--engine {name}, {rows:,} rows")
+            engine_rates[name] = _engine_rows_s(model, work / "texts.parquet", work / "scored", name, rows)
         big, _ = _texts(big_rows, data_dir, classifier)
         pq.write_table(pa.table({"id": np.arange(len(big)), "text": big}), work / "big.parquet")
         with open(work / "big.csv", "w", encoding="utf-8", newline="") as handle:
@@ -132,6 +155,7 @@ def run(model=None, rows=100_000, big_rows=1_000_000, rounds=3, data_dir=None, s
         "predict_proba_rows_s": predict_rate,
         "engine_rows_s": engine_rate,
         "speedup": engine_rate / predict_rate,
+        "engines_rows_s": engine_rates,
         "parquet_mib": parquet_mib,
         "parquet_rows_s": big_rows / parquet_s,
         "csv_mib": csv_mib,
@@ -153,6 +177,11 @@ def report(results: dict) -> str:
         f"| {results['parquet_mib']:.0f} MiB |",
         f"| `python -m export.batch`, CSV (whole process) | {results['big_rows']:,} | {results['csv_rows_s']:,.0f} "
         f"| {results['csv_mib']:.0f} MiB |",
+        *(
+            f"| `python -m export.batch --engine {name}`, Parquet (whole process, start-up included) "
+            f"| {results['rows']:,} | {rate:,.0f} | |"
+            for name, rate in results.get("engines_rows_s", {}).items()
+        ),
         "",
     ]
     for name, key, goal, at_least in TARGETS:
@@ -172,6 +201,10 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", type=int, default=100_000, metavar="N", help="rows of the speed run (default: 100000)")
     parser.add_argument("--big-rows", type=int, default=1_000_000, metavar="N", help="rows of the memory runs (default: 1000000)")
     parser.add_argument("--rounds", type=int, default=3, metavar="N", help="turns each path takes (default: 3)")
+    parser.add_argument(
+        "--engine", action="append", choices=("ray", "spark"), default=[], dest="engines",
+        help="also time python -m export.batch --engine ENGINE on the speed run's file (repeatable)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check the harness runs")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -182,7 +215,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.rows, args.big_rows, args.rounds = 2000, 5000, 1
     say = (lambda message: print(message, file=sys.stderr, flush=True)) if sys.stderr.isatty() else (lambda m: None)
-    results = run(args.model, args.rows, args.big_rows, args.rounds, args.data_dir, say)
+    results = run(args.model, args.rows, args.big_rows, args.rounds, args.data_dir, args.engines, say)
     print(report(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
