@@ -198,3 +198,93 @@ def test_an_engine_not_installed_names_its_extra(sentiment, tmp_path, engine, mo
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and f'pip install "keras-attn[{extra}]"' in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+# -- Ray Serve ---------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_serve(ray_cluster, sentiment):
+    """`export.ray_serve.build_app` deployed with two replicas; yields "127.0.0.1:PORT"."""
+    serve = pytest.importorskip("ray.serve")
+    from export.ray_serve import build_app
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app({"model": str(sentiment), "num_replicas": "2"}), name="keras_attn", route_prefix="/")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+def test_ray_serve_answers_tritonclient_by_text_like_textclassifier(ray_serve, sentiment):
+    import tritonclient.http as triton
+
+    from export.runtime import TextClassifier
+
+    texts = ["What a wonderful film", "The battery died after a week, terrible"]
+    client = triton.InferenceServerClient(ray_serve)
+    assert client.is_server_ready() and client.is_model_ready("sentiment")
+    text = triton.InferInput("text", [len(texts)], "BYTES")
+    text.set_data_from_numpy(np.array(texts, dtype=object))
+    outputs = [triton.InferRequestedOutput("probability"), triton.InferRequestedOutput("label")]
+    result = client.infer("sentiment", [text], outputs=outputs)
+    classifier = TextClassifier(sentiment)
+    expected = classifier.predict_proba(texts)
+    np.testing.assert_allclose(result.as_numpy("probability").reshape(len(texts), -1)[:, -1], expected[:, 1], atol=1e-6)
+    assert [v.decode() for v in result.as_numpy("label").ravel()] == [p.label for p in classifier.predict(texts)]
+
+
+def test_ray_serve_replaces_a_killed_replica_and_keeps_answering(ray_serve):
+    import threading
+    import time
+
+    import httpx
+    import ray
+    from ray.util.state import list_actors
+
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["great"]}]}
+    url = f"http://{ray_serve}/v2/models/sentiment/infer"
+    results = {"ok": 0, "failed": 0}
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set() and sum(results.values()) < 5000:
+            try:
+                ok = httpx.post(url, json=body, timeout=10).status_code == 200
+            except httpx.TransportError:
+                ok = False
+            results["ok" if ok else "failed"] += 1
+
+    def replicas():
+        return {a.actor_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "ServeReplica" in a.class_name}
+
+    before = replicas()
+    assert len(before) == 2
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    victim = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000) if "ServeReplica" in a.class_name)
+    ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+    answered_before = results["ok"]
+    deadline = time.monotonic() + 60
+    while not (len(replicas()) == 2 and victim.actor_id not in replicas()):
+        assert time.monotonic() < deadline, "the killed replica was not replaced"
+        time.sleep(0.5)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert results["ok"] > answered_before + 10  # it kept answering, and answers after the replacement
+    # Only what was in flight on the killed replica may fail: two clients, one request each.
+    assert results["failed"] <= 2, results
