@@ -18,6 +18,7 @@ from test_export_support import ROOT as REPO
 
 # A Ray cluster of this machine only, on loopback (read when Ray is first imported).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+pytestmark = pytest.mark.slow  # clusters, sessions and processes of their own
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -288,3 +289,21 @@ def test_ray_serve_replaces_a_killed_replica_and_keeps_answering(ray_serve):
     assert results["ok"] > answered_before + 10  # it kept answering, and answers after the replacement
     # Only what was in flight on the killed replica may fail: two clients, one request each.
     assert results["failed"] <= 2, results
+
+
+def test_ray_serve_arguments_are_read_as_serve_run_gives_them():
+    from export.ray_serve import settings_from
+
+    settings, replicas, ongoing = settings_from(
+        {"models": "a.onnx,b.onnx", "num_replicas": "3", "max_delay_ms": "2.5", "max_ongoing_requests": "16"}
+    )
+    assert settings.models == ("a.onnx", "b.onnx") and (replicas, ongoing) == (3, 16)
+    assert settings.max_delay_ms == 2.5 and settings.threads == 1  # a replica holds one CPU
+    with pytest.raises(ValueError, match="^no model: give model=FILE.onnx"):
+        settings_from({"num_replicas": "2"})
+    with pytest.raises(ValueError, match="^unknown argument 'replicas'; expected model"):
+        settings_from({"model": "a.onnx", "replicas": "2"})
+    with pytest.raises(ValueError, match="^num_replicas must be a number, got 'two'$"):
+        settings_from({"model": "a.onnx", "num_replicas": "two"})
+    with pytest.raises(ValueError, match="must be >= 1"):
+        settings_from({"model": "a.onnx", "num_replicas": "0"})
