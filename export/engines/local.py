@@ -24,7 +24,7 @@ from export.files import atomic_dir
 from export.runtime import TextClassifier
 from export.tables import Table, import_pyarrow
 
-__all__ = ["DEFAULT_BATCH_ROWS", "Summary", "check_output", "score_files"]
+__all__ = ["DEFAULT_BATCH_ROWS", "Summary", "check_output", "check_run", "score_files"]
 
 #: Rows read, scored and written at a time: large enough that onnxruntime's
 #: batches fill the cores, small enough that memory stays flat.
@@ -60,6 +60,21 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it")
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"{output} is a file; the output is a folder of Parquet part files")
+
+
+def check_run(model, table: Table, output: Path, overwrite: bool):
+    """What an engine checks on the driver before any work: the output, the model, the columns.
+
+    Returns:
+        The schema of the first part, which every part must have.
+
+    Raises:
+        FileExistsError, TableError, ValueError: as `score_files`.
+    """
+    check_output(output, overwrite)
+    first = next(table.part_batches(table.parts[0], 1))
+    check_columns(TextClassifier(model, threads=1), first.schema.names)
+    return first.schema
 
 
 def score_files(

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
 
-from export.engines.local import DEFAULT_BATCH_ROWS, Summary, check_output
+from export.engines.local import DEFAULT_BATCH_ROWS, Summary, check_run
 from export.engines.scoring import check_columns, score_batch
 from export.files import atomic_dir
 from export.runtime import TextClassifier
@@ -160,9 +160,7 @@ def score_files(
     ray = import_ray()
     started_at = time.perf_counter()
     output = Path(output)
-    check_output(output, overwrite)
-    first = next(table.part_batches(table.parts[0], 1))  # the columns every part must have
-    check_columns(TextClassifier(model, threads=1), first.schema.names)
+    schema = check_run(model, table, output, overwrite)
     started = not ray.is_initialized()
     if started:
         address = address or os.environ.get("RAY_ADDRESS")
@@ -182,7 +180,7 @@ def score_files(
             [{"part": str(part)} for part in table.parts], override_num_blocks=len(table.parts)
         )
         rows = parts.map_batches(
-            _read_part, fn_kwargs={"table": table, "rows": batch_rows, "schema": first.schema},
+            _read_part, fn_kwargs={"table": table, "rows": batch_rows, "schema": schema},
             batch_format="pyarrow", batch_size=1,
             # No CPU of its own: with one (Ray's default) it would be fused into the scoring
             # actors, and a table of one file would be scored by one actor; and the actors may

@@ -35,8 +35,8 @@ import time
 from os import PathLike
 from pathlib import Path
 
-from export.engines.local import DEFAULT_BATCH_ROWS, Summary, check_output
-from export.engines.scoring import check_columns, output_columns, score_batch
+from export.engines.local import DEFAULT_BATCH_ROWS, Summary, check_run
+from export.engines.scoring import output_columns, score_batch
 from export.files import atomic_dir
 from export.runtime import TextClassifier
 from export.tables import Table, import_pyarrow
@@ -150,9 +150,7 @@ def score_files(
 
     started_at = time.perf_counter()
     output = Path(output)
-    check_output(output, overwrite)
-    first = next(table.part_batches(table.parts[0], 1))  # the columns every part must have
-    check_columns(TextClassifier(model, threads=1), first.schema.names)
+    schema = check_run(model, table, output, overwrite)
     existing = SparkSession.getActiveSession()
     builder = SparkSession.builder.appName("keras-attn-batch")
     if existing is None and not {"PYSPARK_SUBMIT_ARGS", "PYSPARK_GATEWAY_PORT"} & set(os.environ):
@@ -174,12 +172,12 @@ def score_files(
         parts = spark.createDataFrame([(str(part),) for part in table.parts], "part string")
         parts = parts.repartition(len(table.parts))  # one part file a task
         rows = parts.mapInArrow(
-            lambda batches: _read_parts(batches, table, batch_rows, first.schema), from_arrow_schema(first.schema),
+            lambda batches: _read_parts(batches, table, batch_rows, schema), from_arrow_schema(schema),
         )
         # A table of one big file is one partition: spread its rows over the workers.
         rows = rows.repartition(workers or spark.sparkContext.defaultParallelism)
         scored = rows.withColumn(_SCORES, scores_udf(spark, model)(table.text_column))
-        scored = scored.select(*(scored[name] for name in first.schema.names), f"{_SCORES}.*")
+        scored = scored.select(*(scored[name] for name in schema.names), f"{_SCORES}.*")
         with atomic_dir(output) as staging:
             scored.write.mode("overwrite").parquet(str(staging))
             summary = Summary.of_output(staging, time.perf_counter() - started_at)
