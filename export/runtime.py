@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from export.session import open_session
-from export.text import TextEncoder
+from export.text import TextEncoder, label_indices
 
 __all__ = [
     "MAX_CALL_WORK",
@@ -777,11 +777,9 @@ class TextClassifier:
         """The predicted label per row (an index into `labels`) from the model's ``probability`` output.
 
         One sigmoid unit picks the second label from ``p >= 0.5``; k softmax
-        units pick their argmax.
+        units pick their argmax (`export.text.label_indices`).
         """
-        if self._sigmoid:
-            return (probability[:, 0] >= 0.5).astype(np.int64)
-        return probability.argmax(axis=1)
+        return label_indices(probability)
 
     def predict(self, texts: str | Iterable[str]) -> list[Prediction]:
         """One `Prediction` per text (a single string is one text)."""

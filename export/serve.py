@@ -252,8 +252,10 @@ class ServedModel:
         if request.datatypes[TEXT_INPUT] != "BYTES":
             raise HTTPError(400, f"input '{TEXT_INPUT}' must have datatype BYTES, got {request.datatypes[TEXT_INPUT]}")
         texts = request.inputs[TEXT_INPUT]
+        if texts.ndim == 2 and texts.shape[1] == 1:
+            texts = texts[:, 0]  # [n, 1], as Triton's text ensemble (export.to_triton --text) takes it
         if texts.ndim != 1:
-            raise HTTPError(400, f"input '{TEXT_INPUT}' must have shape [n], got {list(texts.shape)}")
+            raise HTTPError(400, f"input '{TEXT_INPUT}' must have shape [n] or [n, 1], got {list(texts.shape)}")
         try:
             decoded = [item.decode("utf-8") for item in texts]
         except UnicodeDecodeError as error:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TextEncoder", "CLEANING", "FORMAT_VERSION", "PAD_ID", "OOV_ID", "OOV_TOKEN"]
+__all__ = ["TextEncoder", "CLEANING", "FORMAT_VERSION", "PAD_ID", "OOV_ID", "OOV_TOKEN", "label_indices"]
 
 #: Version of the JSON written by `TextEncoder.to_json`; bump it whenever the
 #: id layout or the meaning of a key changes.
@@ -284,6 +284,20 @@ class TextEncoder:
             f"TextEncoder(vocab_size={self.vocab_size}, seq_len={self._seq_len}, "
             f"labels={self._labels!r})"
         )
+
+
+def label_indices(probability: np.ndarray) -> np.ndarray:
+    """The predicted label per row (an index into the encoder's labels) from a model's ``probability`` output.
+
+    One sigmoid unit, ``(n, 1)``, picks the second label from ``p >= 0.5``;
+    k softmax units, ``(n, k)``, pick their argmax. The one rule for every
+    server: `export.runtime`, `export.serve` and Triton's ensemble (which
+    carries this file).
+    """
+    probability = np.asarray(probability)
+    if probability.shape[1] == 1:
+        return (probability[:, 0] >= 0.5).astype(np.int64)
+    return probability.argmax(axis=1)
 
 
 def _kept_bytes(texts: list[str]) -> bytes:

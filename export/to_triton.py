@@ -35,7 +35,7 @@ from export.cli import CliError, run
 from export.files import atomic_dir
 from export.session import open_session
 
-__all__ = ["TRITON_DTYPES", "TensorSpec", "graph_tensors", "main", "model_config", "write_repository"]
+__all__ = ["TRITON_DTYPES", "TensorSpec", "graph_tensors", "main", "model_config", "write_repository", "write_text_ensemble"]
 
 #: onnxruntime's type string -> Triton's model-configuration data type.
 TRITON_DTYPES = {
@@ -105,6 +105,14 @@ def _batched(tensors: Sequence[TensorSpec]) -> bool:
     return all(spec.shape and spec.shape[0] == -1 for spec in tensors)
 
 
+def _tensor_list(specs: Sequence[tuple[str, str, Sequence[int]]]) -> str:
+    items = [
+        f'  {{\n    name: "{name}"\n    data_type: {data_type}\n    dims: [ {", ".join(map(str, dims))} ]\n  }}'
+        for name, data_type, dims in specs
+    ]
+    return "[\n" + ",\n".join(items) + "\n]"
+
+
 def model_config(
     model: str | Path,
     *,
@@ -142,11 +150,7 @@ def model_config(
     skip = 1 if batched else 0
 
     def tensors(specs: list[TensorSpec]) -> str:
-        items = []
-        for spec in specs:
-            dims = ", ".join(str(d) for d in spec.shape[skip:])
-            items.append(f'  {{\n    name: "{spec.name}"\n    data_type: {spec.data_type}\n    dims: [ {dims} ]\n  }}')
-        return "[\n" + ",\n".join(items) + "\n]"
+        return _tensor_list([(spec.name, spec.data_type, spec.shape[skip:]) for spec in specs])
 
     lines = [
         f'name: "{name}"',
@@ -214,6 +218,116 @@ def write_repository(
     return folder
 
 
+#: The Python-backend models of the text ensemble, as files of this package.
+_BACKEND = Path(__file__).with_name("triton_backend")
+#: The one definition of the encoder and of the label rule, carried into the repository.
+_TEXT_MODULE = Path(__file__).with_name("text.py")
+
+
+def _python_config(name: str, max_batch_size: int, inputs, outputs, instances: int) -> str:
+    return (
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
+        f"input {_tensor_list(inputs)}\noutput {_tensor_list(outputs)}\n"
+        f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]\n"
+    )
+
+
+def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+    maps = [f'      input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
+    maps += [f'      output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
+    return f'    {{\n      model_name: "{model}"\n      model_version: -1\n' + "\n".join(maps) + "\n    }"
+
+
+def write_text_ensemble(
+    model: str | Path,
+    repository: str | Path,
+    *,
+    name: str | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+    instances: int = 1,
+    threads: int = 0,
+) -> list[Path]:
+    """Write a Triton ensemble ``<name>`` that takes text, and the three models it runs.
+
+    ``<name>`` takes ``text`` (TYPE_STRING, one per row: shape ``[n, 1]``)
+    and gives the model's outputs plus ``label`` (TYPE_STRING), as
+    `export.serve`'s text interface names them. Its steps:
+    ``<name>_encode`` (Python backend: the text encoder), ``<name>_ids`` (the
+    ``onnxruntime_onnx`` model, as `write_repository` writes it) and
+    ``<name>_decode`` (Python backend: the label rule). Both Python models
+    carry ``text.py``, a byte copy of this package's `export.text` (numpy and
+    the standard library only), and ``encoder.json`` from the model's metadata.
+
+    Args:
+        as `write_repository`; ``name`` defaults to the file's stem.
+
+    Returns:
+        The four model folders: the ensemble's, then its steps' in order.
+
+    Raises:
+        FileNotFoundError, ValueError: as `write_repository`, and a model
+            without a text encoder or not of one id input and a
+            ``probability`` output (before anything is written).
+    """
+    from export.runtime import TextClassifier
+
+    model = Path(model)
+    name = model.stem if name is None else name
+    try:
+        classifier = TextClassifier(model, threads=1)
+    except ValueError as error:
+        raise ValueError(f"--text needs a text model of ours: {error}") from None
+    ids_name, encode_name, decode_name = f"{name}_ids", f"{name}_encode", f"{name}_decode"
+    inputs, outputs = graph_tensors(model)
+    if not (_batched(inputs) and _batched(outputs)):
+        raise ValueError(f"{model}: the text ensemble needs a model whose every tensor has a batch axis first")
+    ids_input = inputs[0]
+    by_name = {spec.name: spec for spec in outputs}
+    ids_config = model_config(
+        model, name=ids_name, max_batch_size=max_batch_size, queue_delay_us=queue_delay_us,
+        instances=instances, threads=threads,
+    )
+    encode_config = _python_config(
+        encode_name, max_batch_size, [("text", "TYPE_STRING", [1])],
+        [("ids", ids_input.data_type, ids_input.shape[1:])], instances,
+    )
+    probability = by_name["probability"]
+    decode_config = _python_config(
+        decode_name, max_batch_size, [("probability", probability.data_type, probability.shape[1:])],
+        [("label", "TYPE_STRING", [1])], instances,
+    )
+    steps = [
+        _step(encode_name, {"text": "text"}, {"ids": "ids"}),
+        _step(ids_name, {ids_input.name: "ids"}, {spec.name: spec.name for spec in outputs}),
+        _step(decode_name, {"probability": "probability"}, {"label": "label"}),
+    ]
+    ensemble_outputs = [(spec.name, spec.data_type, spec.shape[1:]) for spec in outputs] + [("label", "TYPE_STRING", [1])]
+    ensemble_config = (
+        f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {max_batch_size}\n'
+        f'input {_tensor_list([("text", "TYPE_STRING", [1])])}\noutput {_tensor_list(ensemble_outputs)}\n'
+        "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+    )
+    encoder_json = classifier.encoder.to_json()
+    repository = Path(repository)
+    folders = []
+    for folder_name, config, files in (
+        (encode_name, encode_config, {"model.py": _BACKEND / "encode.py", "text.py": _TEXT_MODULE}),
+        (ids_name, ids_config, {"model.onnx": model}),
+        (decode_name, decode_config, {"model.py": _BACKEND / "decode.py", "text.py": _TEXT_MODULE}),
+        (name, ensemble_config, {}),
+    ):
+        with atomic_dir(repository / folder_name) as staging:
+            (staging / "config.pbtxt").write_text(config, encoding="utf-8")
+            (staging / "1").mkdir()  # Triton wants a version folder for an ensemble too
+            for target, source in files.items():
+                shutil.copyfile(source, staging / "1" / target)
+            if folder_name in (encode_name, decode_name):
+                (staging / "1" / "encoder.json").write_text(encoder_json, encoding="utf-8")
+        folders.append(repository / folder_name)
+    return [folders[-1], *folders[:-1]]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.to_triton",
@@ -255,12 +369,27 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="onnxruntime intra-op threads per instance (default: 0, onnxruntime's choice)",
     )
+    parser.add_argument(
+        "--text", action="store_true",
+        help="write a text ensemble named after the model instead (it takes `text`, gives the outputs "
+        "and `label`), with its steps NAME_encode, NAME_ids (the model) and NAME_decode",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.text:
+        try:
+            folders = write_text_ensemble(
+                args.model, args.output, name=args.name, max_batch_size=args.max_batch_size,
+                queue_delay_us=args.queue_delay_us, instances=args.instances, threads=args.threads,
+            )
+        except (FileNotFoundError, ValueError) as error:
+            raise CliError(str(error)) from None
+        print(f"wrote the text ensemble {folders[0]} and its steps {', '.join(str(f) for f in folders[1:])}")
+        return 0
     try:
         folder = write_repository(
             args.model,

@@ -623,13 +623,15 @@ def test_unexpected_errors_are_500_one_line_logged_with_traceback(pair, caplog):
         assert client.post("/v2/models/pair/infer", json=body).status_code == 200
 
 
-def test_readme_client_snippet_runs_against_our_server(server, sentiment):
+def test_readme_client_snippets_run_against_our_server(server, sentiment):
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     marker = "<!-- not run: needs a server on localhost:8000 (tests/test_serve.py runs this block against one) -->"
-    block = readme.split(marker, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    assert 'InferenceServerClient("localhost:8000")' in block and '"sentiment.onnx"' in block
-    code = block.replace("localhost:8000", server).replace('"sentiment.onnx"', repr(str(sentiment)))
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            cwd=Path(__file__).parent.parent).stdout
-    expected = [line.split("# -> ", 1)[1] for line in block.splitlines() if "# -> " in line]
-    assert output.splitlines() == expected
+    blocks = [part.split("```python\n", 1)[1].split("```", 1)[0] for part in readme.split(marker)[1:]]
+    assert len(blocks) == 2  # token ids, and text
+    for block in blocks:
+        assert 'InferenceServerClient("localhost:8000")' in block
+        code = block.replace("localhost:8000", server).replace('"sentiment.onnx"', repr(str(sentiment)))
+        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).parent.parent).stdout
+        expected = [line.split("# -> ", 1)[1] for line in block.splitlines() if "# -> " in line]
+        assert output.splitlines() == expected

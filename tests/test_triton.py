@@ -7,6 +7,7 @@ from google.protobuf import text_format
 from serve_models import pair, sentiment  # noqa: F401 - fixtures
 
 from export.to_triton import main, model_config, write_repository
+from test_export_support import ROOT as REPO
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 DataType = model_config_pb2.DataType
@@ -109,3 +110,129 @@ def test_missing_file_and_bad_name(pair, tmp_path, capsys):
     assert run(main, [str(pair), "-o", str(tmp_path / "repo"), "--name", "../escape"]) == 1
     assert "model name" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
+
+
+# -- the text ensemble (--text) ---------------------------------------------------------
+
+
+class _StandIn:
+    """A stand-in for Triton's ``triton_python_backend_utils``: what our model.py files call, as Triton defines it."""
+
+    class Tensor:
+        def __init__(self, name, array):
+            self._name, self._array = name, array
+
+        def name(self):
+            return self._name
+
+        def as_numpy(self):
+            return self._array
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None):
+            self.output_tensors, self.error = list(output_tensors), error
+
+    class TritonError(Exception):
+        pass
+
+    class InferenceRequest:
+        def __init__(self, inputs):
+            self.inputs = inputs
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return next((t for t in request.inputs if t.name() == name), None)
+
+    @staticmethod
+    def get_output_config_by_name(model_config, name):
+        return next((o for o in model_config["output"] if o["name"] == name), None)
+
+    @staticmethod
+    def triton_string_to_numpy(data_type):
+        import numpy as np
+
+        return {"TYPE_INT32": np.int32, "TYPE_INT64": np.int64, "TYPE_FP32": np.float32, "TYPE_STRING": np.object_}[data_type]
+
+
+def _python_model(folder, monkeypatch):
+    """``folder/1/model.py`` loaded and initialised as Triton's Python backend does, under the stand-in."""
+    import importlib.util
+    import json
+    import sys
+
+    from google.protobuf import json_format
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _StandIn)
+    monkeypatch.delitem(sys.modules, "text", raising=False)  # each model imports its own copy
+    spec = importlib.util.spec_from_file_location(f"triton_{folder.name}", folder / "1" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = json_format.MessageToDict(parse((folder / "config.pbtxt").read_text()), preserving_proto_field_name=True)
+    model = module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(folder), "model_version": "1"})
+    return model
+
+
+def _execute(model, **inputs):
+    (response,) = model.execute([_StandIn.InferenceRequest([_StandIn.Tensor(k, v) for k, v in inputs.items()])])
+    assert response.error is None, response.error
+    return {t.name(): t.as_numpy() for t in response.output_tensors}
+
+
+def test_text_ensemble_configs_parse_and_its_maps_join_up(sentiment, tmp_path):
+    from export.to_triton import write_text_ensemble
+
+    folders = write_text_ensemble(sentiment, tmp_path)
+    assert [f.name for f in folders] == ["sentiment", "sentiment_encode", "sentiment_ids", "sentiment_decode"]
+    configs = {f.name: parse((f / "config.pbtxt").read_text()) for f in folders}
+    ensemble = configs["sentiment"]
+    assert ensemble.platform == "ensemble" and [i.name for i in ensemble.input] == ["text"]
+    assert ensemble.input[0].data_type == DataType.TYPE_STRING
+    # Tensors known so far: the ensemble's inputs, then each step's outputs, with their types and dims.
+    known = {t.name: (t.data_type, list(t.dims)) for t in ensemble.input}
+    for step in ensemble.ensemble_scheduling.step:
+        model = configs[step.model_name]
+        ins = {t.name: (t.data_type, list(t.dims)) for t in model.input}
+        outs = {t.name: (t.data_type, list(t.dims)) for t in model.output}
+        assert set(step.input_map) == set(ins), step.model_name
+        for key, value in step.input_map.items():
+            assert known[value] == ins[key], (step.model_name, key)
+        for key, value in step.output_map.items():
+            known[value] = outs[key]
+    for output in ensemble.output:
+        assert known[output.name] == (output.data_type, list(output.dims)), output.name
+    assert [o.name for o in ensemble.output][-1] == "label" and ensemble.output[-1].data_type == DataType.TYPE_STRING
+    for step in ("sentiment_encode", "sentiment_decode"):
+        assert configs[step].backend == "python"
+        copy = tmp_path / step / "1" / "text.py"
+        assert copy.read_bytes() == (REPO / "export" / "text.py").read_bytes()  # the one definition, carried
+
+
+def test_text_ensemble_stepped_in_order_gives_textclassifiers_answers(sentiment, tmp_path, monkeypatch):
+    import numpy as np
+    import onnxruntime
+
+    from export.runtime import TextClassifier
+    from export.to_triton import write_text_ensemble
+
+    write_text_ensemble(sentiment, tmp_path)
+    texts = ["What a wonderful film", "The battery died after a week, terrible", "", "日本語 🙂 ok", "good " * 80]
+    encode = _python_model(tmp_path / "sentiment_encode", monkeypatch)
+    decode = _python_model(tmp_path / "sentiment_decode", monkeypatch)
+    ids = _execute(encode, text=np.array([t.encode() for t in texts], dtype=object).reshape(-1, 1))["ids"]
+    session = onnxruntime.InferenceSession(str(tmp_path / "sentiment_ids" / "1" / "model.onnx"))  # as Triton's backend
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {session.get_inputs()[0].name: ids})))
+    label = _execute(decode, probability=outputs["probability"])["label"]
+    classifier = TextClassifier(sentiment)
+    assert label.shape == (len(texts), 1)
+    assert [v.decode() for v in label.ravel()] == [p.label for p in classifier.predict(texts)]
+    np.testing.assert_allclose(classifier.label_scores(outputs["probability"]), classifier.predict_proba(texts), rtol=0, atol=1e-6)
+
+
+def test_text_ensemble_refuses_a_model_without_an_encoder(pair, tmp_path, capsys):
+    from export.cli import run
+
+    assert run(main, [str(pair), "-o", str(tmp_path / "repo"), "--text"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --text needs a text model of ours: ") and err.count("\n") == 1
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
