@@ -116,7 +116,11 @@ def test_missing_file_and_bad_name(pair, tmp_path, capsys):
 
 
 class _StandIn:
-    """A stand-in for Triton's ``triton_python_backend_utils``: what our model.py files call, as Triton defines it."""
+    """A stand-in for Triton's ``triton_python_backend_utils``: what our model.py files call, as Triton defines it.
+
+    (``triton-python-backend-mock-utils`` 1.0.0 on the registry pins numpy < 2; installed without its
+    dependencies, our model.py files ran under it too, on 2026-12-03.)
+    """
 
     class Tensor:
         def __init__(self, name, array):
@@ -130,18 +134,30 @@ class _StandIn:
 
     class InferenceResponse:
         def __init__(self, output_tensors=(), error=None):
-            self.output_tensors, self.error = list(output_tensors), error
+            self._output_tensors, self._error = list(output_tensors), error
+
+        def output_tensors(self):
+            return self._output_tensors
+
+        def has_error(self):
+            return self._error is not None
+
+        def error(self):
+            return self._error
 
     class TritonError(Exception):
         pass
 
     class InferenceRequest:
         def __init__(self, inputs):
-            self.inputs = inputs
+            self._inputs = inputs
+
+        def inputs(self):
+            return self._inputs
 
     @staticmethod
     def get_input_tensor_by_name(request, name):
-        return next((t for t in request.inputs if t.name() == name), None)
+        return next((t for t in request.inputs() if t.name() == name), None)
 
     @staticmethod
     def get_output_config_by_name(model_config, name):
@@ -175,8 +191,8 @@ def _python_model(folder, monkeypatch):
 
 def _execute(model, **inputs):
     (response,) = model.execute([_StandIn.InferenceRequest([_StandIn.Tensor(k, v) for k, v in inputs.items()])])
-    assert response.error is None, response.error
-    return {t.name(): t.as_numpy() for t in response.output_tensors}
+    assert not response.has_error(), response.error()
+    return {t.name(): t.as_numpy() for t in response.output_tensors()}
 
 
 def test_text_ensemble_configs_parse_and_its_maps_join_up(sentiment, tmp_path):
