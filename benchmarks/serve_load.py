@@ -44,7 +44,7 @@ quiet_tensorflow()  # load_texts and the export import TensorFlow
 from benchmarks.cli import cpu_name  # noqa: E402
 from benchmarks.inputs import REPO, generated_texts, load_texts  # noqa: E402
 
-__all__ = ["InProcess", "Scenario", "main", "measure"]
+__all__ = ["InProcess", "Scenario", "export_bundled", "load", "machine", "main", "measure", "run_async", "start_server"]
 
 #: (clients, sentences per request)
 SCENARIOS = ((1, 1), (8, 1), (64, 1), (8, 64))
@@ -102,7 +102,8 @@ async def _client(port: int, requests, stop_at: float, budget: list[int], latenc
         writer.close()
 
 
-async def _load(port: int, model: str, texts: list[str], clients: int, sentences: int, seconds: float, max_requests: int):
+async def load(port: int, model: str, texts: list[str], clients: int, sentences: int, seconds: float, max_requests: int):
+    """``clients`` keep-alive clients sending ``sentences`` texts a request, for ``seconds`` or ``max_requests``: ``(latencies, seconds)``."""
     bodies = [_request(model, texts[i : i + sentences]) for i in range(0, len(texts) - sentences, max(sentences, 7))]
     requests = itertools.cycle(bodies)
     latencies: list[float] = []
@@ -125,7 +126,7 @@ def _batch_totals(port: int, model: str) -> tuple[float, float]:
     return totals.get("sum", 0.0), totals.get("count", 0.0)
 
 
-def _run(coroutine):
+def run_async(coroutine):
     """Run on uvloop when installed (the serve extra has it): the load generator then takes less of the CPU it shares with the server."""
     try:
         import uvloop
@@ -149,10 +150,10 @@ def measure(server: subprocess.Popen, port: int, model: str, texts: list[str], c
         ``(latencies, seconds, rows, calls, server CPU seconds, load
         generator CPU seconds)``: rows and model calls from the server's metrics.
     """
-    _run(_load(port, model, texts, clients, sentences, min(0.3, seconds), max_requests))
+    run_async(load(port, model, texts, clients, sentences, min(0.3, seconds), max_requests))
     rows, calls = _batch_totals(port, model)
     cpu, own = _cpu_seconds(server.pid), time.process_time()
-    latencies, elapsed = _run(_load(port, model, texts, clients, sentences, seconds, max_requests))
+    latencies, elapsed = run_async(load(port, model, texts, clients, sentences, seconds, max_requests))
     cpu, own = _cpu_seconds(server.pid) - cpu, time.process_time() - own
     rows_after, calls_after = _batch_totals(port, model)
     return latencies, elapsed, rows_after - rows, calls_after - calls, cpu, own
@@ -197,7 +198,8 @@ class InProcess:
         return calls * 64 / (time.perf_counter() - started)
 
 
-def _start_server(model_path: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
+def start_server(model_path: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
+    """``python -m export.serve`` on a free loopback port, with ``extra`` options: ``(process, port)``."""
     process = subprocess.Popen(
         [sys.executable, "-m", "export.serve", str(model_path), "--port", "0", *extra],
         stderr=subprocess.PIPE,
@@ -212,7 +214,8 @@ def _start_server(model_path: Path, extra: list[str]) -> tuple[subprocess.Popen,
     return process, int(line.split("http://")[1].split()[0].rsplit(":", 1)[1])
 
 
-def _export_bundled(folder: Path) -> Path:
+def export_bundled(folder: Path) -> Path:
+    """The bundled model exported to ``folder/sentiment.onnx``."""
     import keras_attn
     from export.to_onnx import convert
 
@@ -222,7 +225,8 @@ def _export_bundled(folder: Path) -> Path:
     return path
 
 
-def _machine() -> str:
+def machine() -> str:
+    """The CPU, its usable cores and the load average, for a report's first line."""
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"{cpu_name()}, {len(os.sched_getaffinity(0))} cores usable, load average {load}"
 
@@ -247,7 +251,7 @@ def main(argv=None) -> int:
     with silenced_stderr():
         texts, source = load_texts(args.data)
     with tempfile.TemporaryDirectory() as folder:
-        model_path = Path(args.model).resolve() if args.model else _export_bundled(Path(folder))
+        model_path = Path(args.model).resolve() if args.model else export_bundled(Path(folder))
         if not texts:
             from export.runtime import TextClassifier
 
@@ -255,7 +259,7 @@ def main(argv=None) -> int:
         texts = [t for t in texts if t.strip()]
         say(f"sentences: {len(texts)} from {source}")
         reference = InProcess(model_path, texts)
-        process, port = _start_server(model_path, args.server_args.split())
+        process, port = start_server(model_path, args.server_args.split())
         model = model_path.stem
         runs = {case: [] for case in SCENARIOS}
         in_process, concurrency, share = [], [], []
@@ -279,7 +283,7 @@ def main(argv=None) -> int:
             process.wait(60)
     results = [_scenario(clients, sentences, runs[clients, sentences]) for clients, sentences in SCENARIOS]
     concurrency_ratio, share_ratio = float(np.median(concurrency)), float(np.median(share))
-    print(f"serve load, {datetime.date.today().isoformat()}, {_machine()}")
+    print(f"serve load, {datetime.date.today().isoformat()}, {machine()}")
     print(f"sentences: {source}; server defaults{' + ' + args.server_args if args.server_args else ''}; "
           f"{args.rounds} rounds of {args.seconds:g} s per scenario\n")
     print("| clients | sentences/request | requests | requests/s | sentences/s | p50 ms | p99 ms | rows per model call | CPU ms/request: server, load generator |")
@@ -298,7 +302,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(
             json.dumps({"scenarios": [asdict(r) for r in results], "in_process_batch64_sentences_per_s": in_process,
-                        "concurrency_ratios": concurrency, "http_shares": share, "machine": _machine()}, indent=1)
+                        "concurrency_ratios": concurrency, "http_shares": share, "machine": machine()}, indent=1)
         )
     return 0
 

@@ -157,3 +157,26 @@ def test_multi_head_help():
     assert done.returncode == 0
     for option in ("--quick", "--smoke", "--json", "--contrib"):
         assert option in done.stdout
+
+
+def test_ray_serve_benchmark_times_both_servers(tmp_path, tmp_path_factory):
+    """`python -m benchmarks.ray_serve` in its smallest run: both servers answer every client count."""
+    pytest.importorskip("ray.serve")
+    import keras_attn
+    from export.to_onnx import convert
+
+    model = tmp_path / "sentiment.onnx"
+    convert(keras_attn.load_pretrained(), model)
+    out = tmp_path / "ray_serve.json"
+    ray_tmp = tmp_path_factory.mktemp("ray")  # Ray's socket paths must stay under 108 bytes
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ray_serve", str(model), "--seconds", "0.3", "--max-requests", "100", "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "RAY_TMPDIR": str(ray_tmp)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    for server in ("export.serve --workers 2", "Ray Serve, 2 replicas"):
+        assert set(results[server]) == {"1", "64"}
+        assert all(0 < f["requests"] <= 100 and f["p99_ms"] >= f["p50_ms"] > 0 for f in results[server].values())
+    assert "| Ray Serve, 2 replicas | 64 |" in done.stdout
