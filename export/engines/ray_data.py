@@ -174,8 +174,10 @@ def score_files(
         # Ray merges a task's output into blocks of up to 128 MiB, and gives a block to one
         # actor: a million short texts would be one block, scored by one actor of the pool.
         context.target_max_block_size = _BLOCK_BYTES
-        if not progress:  # Ray Data's notes on its plan and resources; failures still raise
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        if not progress:
+            # Ray Data's notes on its plan and resources, and the stack traces it logs before
+            # it raises: the failure reaches the user as one line.
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         parts = ray.data.from_items(
             [{"part": str(part)} for part in table.parts], override_num_blocks=len(table.parts)
         )
@@ -207,6 +209,9 @@ def _cause(error: BaseException) -> BaseException:
     seen = error
     while seen is not None:
         if isinstance(seen, (TableError, ValueError)) and type(seen).__module__.split(".")[0] != "ray":
+            # Ray appends its retry advice to the message on a line of its own; ours is one line.
+            if seen.args and isinstance(seen.args[0], str):
+                seen.args = (seen.args[0].split("\n", 1)[0], *seen.args[1:])
             return seen
         with contextlib.suppress(AttributeError):
             if isinstance(seen.cause, BaseException):

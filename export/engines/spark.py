@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -39,7 +40,7 @@ from export.engines.local import DEFAULT_BATCH_ROWS, Summary, check_run
 from export.engines.scoring import output_columns, score_batch
 from export.files import atomic_dir
 from export.runtime import TextClassifier
-from export.tables import Table, import_pyarrow
+from export.tables import Table, TableError, import_pyarrow
 
 __all__ = ["JAVA_PACKAGE", "SPARK_EXTRA", "import_pyspark", "score_files", "scores_udf"]
 
@@ -50,6 +51,8 @@ JAVA_PACKAGE = "openjdk-17-jre-headless"
 #: Column the scores struct is held in between scoring and spreading it into columns.
 _SCORES = "__keras_attn_scores"
 
+#: The last line of a worker's traceback when it raised one of our errors.
+_RAISED = re.compile(r"^(export\.tables\.TableError|ValueError): (.+)$", re.MULTILINE)
 #: This Python worker's open models, by the digest of their bytes.
 _OPEN: dict[str, TextClassifier] = {}
 
@@ -179,9 +182,21 @@ def score_files(
         scored = rows.withColumn(_SCORES, scores_udf(spark, model)(table.text_column))
         scored = scored.select(*(scored[name] for name in schema.names), f"{_SCORES}.*")
         with atomic_dir(output) as staging:
-            scored.write.mode("overwrite").parquet(str(staging))
+            try:
+                scored.write.mode("overwrite").parquet(str(staging))
+            except Exception as error:  # Spark wraps what a Python worker raised in its traceback's text
+                raise _cause(error) from None
             summary = Summary.of_output(staging, time.perf_counter() - started_at)
     finally:
         if existing is None:
             spark.stop()
     return summary
+
+
+def _cause(error: Exception) -> Exception:
+    """The `TableError` or `ValueError` a Python worker raised, out of Spark's text of its traceback."""
+    found = _RAISED.findall(str(error))
+    if not found:
+        return error
+    kind, message = found[-1]
+    return (TableError if kind.endswith("TableError") else ValueError)(message.strip())
