@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.cli import cpu_name
-from benchmarks.inputs import REPO, generated_texts, load_texts
+from benchmarks.inputs import REPO, load_texts, or_generated
 
 __all__ = ["ENGINE_TARGETS", "TARGETS", "main", "run"]
 
@@ -73,9 +73,7 @@ def _model(path, folder: Path, say) -> Path:
 
 
 def _texts(rows: int, data_dir, classifier) -> tuple[list[str], str]:
-    texts, origin = load_texts(data_dir)
-    if not texts:
-        texts, origin = generated_texts(classifier.encoder.vocabulary), f"generated sentences ({origin})"
+    texts, origin = or_generated(*load_texts(data_dir), classifier.encoder.vocabulary)
     repeated = (texts * (rows // len(texts) + 1))[:rows]
     return repeated, origin
 

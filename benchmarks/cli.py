@@ -188,8 +188,7 @@ def run(options: argparse.Namespace) -> dict:
         encoder = model.text_encoder
         if encoder is None:
             raise SystemExit(f"error: {model_path} carries no text encoder (save it with keras_attn.save_model)")
-        if not texts:
-            texts, data_source = inputs.generated_texts(encoder.vocabulary), f"generated sentences ({data_source})"
+        texts, data_source = inputs.or_generated(texts, data_source, encoder.vocabulary)
         import numpy as np
 
         pool = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))]

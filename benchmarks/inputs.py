@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["REPO", "filled_ids", "generated_texts", "load_texts", "resolve_model"]
+__all__ = ["REPO", "filled_ids", "generated_texts", "load_texts", "or_generated", "resolve_model"]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,6 +35,13 @@ def generated_texts(vocabulary, n: int = 3000, seed: int = 0) -> list[str]:
     rng = np.random.default_rng(seed)
     words = list(vocabulary) + ["zyxxq"]
     return [" ".join(rng.choice(words, size=int(rng.integers(3, 31)))) for _ in range(n)]
+
+
+def or_generated(texts: list[str], origin: str, vocabulary) -> tuple[list[str], str]:
+    """``(texts, origin)`` as `load_texts` gave them, or, when it found none, sentences generated from ``vocabulary``."""
+    if texts:
+        return texts, origin
+    return generated_texts(vocabulary), f"generated sentences ({origin})"
 
 
 def filled_ids(encoder, rows: int, words: int, seed: int = 0) -> np.ndarray:

@@ -100,16 +100,14 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if sys.stderr.isatty() else (lambda m: None)
-    from benchmarks.inputs import generated_texts, load_texts
+    from benchmarks.inputs import load_texts, or_generated
+    from export.runtime import TextClassifier
 
     with silenced_stderr():
-        texts, _ = load_texts(args.data)
+        texts, source = load_texts(args.data)
     with tempfile.TemporaryDirectory() as folder:
         model_path = Path(args.model).resolve() if args.model else export_bundled(Path(folder))
-        if not texts:
-            from export.runtime import TextClassifier
-
-            texts = generated_texts(TextClassifier(model_path).encoder.vocabulary)
+        texts, _ = or_generated(texts, source, TextClassifier(model_path).encoder.vocabulary)
         texts = [t for t in texts if t.strip()]
         results = run(model_path, texts, seconds=args.seconds, max_requests=args.max_requests, say=say)
     print(report(results))

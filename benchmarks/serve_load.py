@@ -42,7 +42,7 @@ from export.cli import quiet_tensorflow, silenced_stderr
 quiet_tensorflow()  # load_texts and the export import TensorFlow
 
 from benchmarks.cli import cpu_name  # noqa: E402
-from benchmarks.inputs import REPO, generated_texts, load_texts  # noqa: E402
+from benchmarks.inputs import REPO, load_texts, or_generated  # noqa: E402
 
 __all__ = ["InProcess", "Scenario", "export_bundled", "load", "machine", "main", "measure", "run_async", "start_server"]
 
@@ -252,10 +252,9 @@ def main(argv=None) -> int:
         texts, source = load_texts(args.data)
     with tempfile.TemporaryDirectory() as folder:
         model_path = Path(args.model).resolve() if args.model else export_bundled(Path(folder))
-        if not texts:
-            from export.runtime import TextClassifier
+        from export.runtime import TextClassifier
 
-            texts, source = generated_texts(TextClassifier(model_path).encoder.vocabulary), "generated sentences"
+        texts, source = or_generated(texts, source, TextClassifier(model_path).encoder.vocabulary)
         texts = [t for t in texts if t.strip()]
         say(f"sentences: {len(texts)} from {source}")
         reference = InProcess(model_path, texts)
