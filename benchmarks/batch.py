@@ -60,6 +60,11 @@ sys.exit(status)
 """
 
 
+def _child_env() -> dict[str, str]:
+    """This environment, with this checkout first on the children's Python path."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+
+
 def _model(path, folder: Path, say) -> Path:
     if path:
         return Path(path)
@@ -83,7 +88,7 @@ def _peak_rss_mib(model: Path, source: Path, output: Path) -> tuple[float, float
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, str(model), str(source), "-o", str(output), "--overwrite"],
         capture_output=True, text=True, timeout=1800, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)},
+        env=_child_env(),
     )
     if done.returncode != 0:
         raise RuntimeError(f"export.batch failed on {source.name}: {done.stderr.strip()[-500:]}")
@@ -129,7 +134,7 @@ def _engine_times(model: Path, source: Path, warm: Path, output: Path, engine: s
     done = subprocess.run(
         [sys.executable, "-c", _ENGINE_CHILD, str(model), str(source), str(warm), str(output), engine, str(os.cpu_count())],
         capture_output=True, text=True, timeout=1800, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)},
+        env=_child_env(),
     )
     if done.returncode != 0:
         raise RuntimeError(f"--engine {engine} failed: {done.stderr.strip()[-500:]}")

@@ -167,7 +167,7 @@ def model_config(
             f"  max_queue_delay_microseconds: {queue_delay_us}\n"
             "}"
         )
-    lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]")
+    lines.append(_instance_group(instances))
     # The onnxruntime backend's session options (strings, as Triton wants).
     for key, value in (("intra_op_thread_count", threads), ("inter_op_thread_count", 1)):
         lines.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}')
@@ -224,11 +224,14 @@ _BACKEND = Path(__file__).with_name("triton_backend")
 _TEXT_MODULE = Path(__file__).with_name("text.py")
 
 
+def _instance_group(instances: int) -> str:
+    return f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]"
+
+
 def _python_config(name: str, max_batch_size: int, inputs, outputs, instances: int) -> str:
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch_size}\n'
-        f"input {_tensor_list(inputs)}\noutput {_tensor_list(outputs)}\n"
-        f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_CPU\n  }}\n]\n"
+        f"input {_tensor_list(inputs)}\noutput {_tensor_list(outputs)}\n{_instance_group(instances)}\n"
     )
 
 

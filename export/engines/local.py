@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
-from export.engines.scoring import LABEL, check_columns, score_batch
+from export.engines.scoring import LABEL, check_columns, open_classifier, score_batch
 from export.files import atomic_dir
 from export.runtime import TextClassifier
 from export.tables import Table, import_pyarrow
@@ -66,15 +66,16 @@ def check_run(model, table: Table, output: Path, overwrite: bool):
     """What an engine checks on the driver before any work: the output, the model, the columns.
 
     Returns:
-        The schema of the first part, which every part must have.
+        ``(the model opened, the schema of the first part, which every part must have)``.
 
     Raises:
         FileExistsError, TableError, ValueError: as `score_files`.
     """
     check_output(output, overwrite)
     first = next(table.part_batches(table.parts[0], 1))
-    check_columns(TextClassifier(model, threads=1), first.schema.names)
-    return first.schema
+    classifier = open_classifier(model, threads=1)
+    check_columns(classifier, first.schema.names)
+    return classifier, first.schema
 
 
 def score_files(
@@ -105,7 +106,7 @@ def score_files(
     started = time.perf_counter()
     output = Path(output)
     check_output(output, overwrite)
-    classifier = model if isinstance(model, TextClassifier) else TextClassifier(model)
+    classifier = open_classifier(model)
     read = missing = 0
     with atomic_dir(output) as staging:
         writer, current = None, None

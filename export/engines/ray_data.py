@@ -35,7 +35,7 @@ from os import PathLike
 from pathlib import Path
 
 from export.engines.local import DEFAULT_BATCH_ROWS, Summary, check_run
-from export.engines.scoring import check_columns, score_batch
+from export.engines.scoring import check_columns, open_classifier, score_batch
 from export.files import atomic_dir
 from export.runtime import TextClassifier
 from export.tables import Table, TableError, import_pyarrow
@@ -85,7 +85,7 @@ class _Scorer:
 
 def add_scores(
     dataset,
-    model: str | PathLike[str],
+    model: str | PathLike[str] | TextClassifier,
     text_column: str = "text",
     *,
     workers: int | None = None,
@@ -95,7 +95,7 @@ def add_scores(
 
     Args:
         dataset: the rows; every column is kept.
-        model: an ``.onnx`` text model of ours, on the driver.
+        model: an ``.onnx`` text model of ours on the driver, or its open `TextClassifier`.
         text_column: the column of the texts (strings; nulls keep null scores).
         workers: actors in the pool, one CPU each; ``None`` for every CPU
             of the cluster. Leave CPUs to the steps before it that need
@@ -110,12 +110,12 @@ def add_scores(
     surface when the dataset runs.
     """
     ray = import_ray()
-    TextClassifier(model, threads=1)  # a bad model fails here, in one line, not in every actor
+    classifier = open_classifier(model, threads=1)  # a bad model fails here, once, not in every actor
     if workers is None:
         workers = max(int(ray.cluster_resources().get("CPU", 1)), 1)
     # The file goes through the object store by reference: inline, Ray would copy it into
     # every actor's constructor arguments.
-    model_ref = [ray.put(Path(model).read_bytes())]
+    model_ref = [ray.put(classifier.path.read_bytes())]
     return dataset.map_batches(
         _Scorer,
         fn_constructor_kwargs={"model_ref": model_ref, "text_column": text_column},
@@ -160,7 +160,7 @@ def score_files(
     ray = import_ray()
     started_at = time.perf_counter()
     output = Path(output)
-    schema = check_run(model, table, output, overwrite)
+    classifier, schema = check_run(model, table, output, overwrite)
     started = not ray.is_initialized()
     if started:
         address = address or os.environ.get("RAY_ADDRESS")
@@ -189,7 +189,7 @@ def score_files(
             # hold every CPU.
             num_cpus=0,
         )
-        scored = add_scores(rows, model, table.text_column, workers=workers, batch_rows=batch_rows)
+        scored = add_scores(rows, classifier, table.text_column, workers=workers, batch_rows=batch_rows)
         with atomic_dir(output) as staging:
             try:
                 with warnings.catch_warnings():  # its advice on the pool's size for a small table

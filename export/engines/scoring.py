@@ -17,10 +17,15 @@ import numpy as np
 from export.runtime import TextClassifier
 from export.tables import import_pyarrow
 
-__all__ = ["LABEL", "PROBABILITY", "check_columns", "output_columns", "score_batch"]
+__all__ = ["LABEL", "PROBABILITY", "check_columns", "open_classifier", "output_columns", "score_batch"]
 
 LABEL = "label"
 PROBABILITY = "probability"
+
+
+def open_classifier(model, threads: int | None = None) -> TextClassifier:
+    """``model`` as a `TextClassifier`: an open one as it is, a path opened (``threads`` as there)."""
+    return model if isinstance(model, TextClassifier) else TextClassifier(model, threads=threads)
 
 
 def output_columns(labels) -> list[str]:

@@ -37,7 +37,7 @@ from os import PathLike
 from pathlib import Path
 
 from export.engines.local import DEFAULT_BATCH_ROWS, Summary, check_run
-from export.engines.scoring import output_columns, score_batch
+from export.engines.scoring import open_classifier, output_columns, score_batch
 from export.files import atomic_dir
 from export.runtime import TextClassifier
 from export.tables import Table, TableError, import_pyarrow
@@ -80,12 +80,12 @@ def _classifier(digest: str, model_bytes) -> TextClassifier:
     return _OPEN[digest]
 
 
-def scores_udf(spark, model: str | PathLike[str]):
-    """A pandas UDF scoring a column of texts: ``scores_udf(spark, "m.onnx")("text")``.
+def scores_udf(spark, model: str | PathLike[str] | TextClassifier):
+    """An Arrow UDF scoring a column of texts: ``scores_udf(spark, "m.onnx")("text")``.
 
     Args:
         spark: the `SparkSession` (the model is broadcast through it).
-        model: an ``.onnx`` text model of ours, on the driver.
+        model: an ``.onnx`` text model of ours on the driver, or its open `TextClassifier`.
 
     Returns:
         A function of a column (name or `Column`) giving a struct column of
@@ -99,8 +99,9 @@ def scores_udf(spark, model: str | PathLike[str]):
     from pyspark.sql.types import FloatType, StringType, StructField, StructType
 
     pa = import_pyarrow()
-    labels = TextClassifier(model, threads=1).labels
-    data = Path(model).read_bytes()
+    classifier = open_classifier(model, threads=1)
+    labels = classifier.labels
+    data = classifier.path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     model_bytes = spark.sparkContext.broadcast(data)
     names = output_columns(labels)
@@ -153,7 +154,7 @@ def score_files(
 
     started_at = time.perf_counter()
     output = Path(output)
-    schema = check_run(model, table, output, overwrite)
+    classifier, schema = check_run(model, table, output, overwrite)
     existing = SparkSession.getActiveSession()
     builder = SparkSession.builder.appName("keras-attn-batch")
     if existing is None and not {"PYSPARK_SUBMIT_ARGS", "PYSPARK_GATEWAY_PORT"} & set(os.environ):
@@ -179,7 +180,7 @@ def score_files(
         )
         # A table of one big file is one partition: spread its rows over the workers.
         rows = rows.repartition(workers or spark.sparkContext.defaultParallelism)
-        scored = rows.withColumn(_SCORES, scores_udf(spark, model)(table.text_column))
+        scored = rows.withColumn(_SCORES, scores_udf(spark, classifier)(table.text_column))
         scored = scored.select(*(scored[name] for name in schema.names), f"{_SCORES}.*")
         with atomic_dir(output) as staging:
             try:
