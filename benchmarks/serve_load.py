@@ -201,7 +201,7 @@ class InProcess:
 def start_server(model_path: Path, extra: list[str]) -> tuple[subprocess.Popen, int]:
     """``python -m export.serve`` on a free loopback port, with ``extra`` options: ``(process, port)``."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "export.serve", str(model_path), "--port", "0", *extra],
+        [sys.executable, "-m", "export.serve", str(model_path), "--port", "0", "--grpc-port", "0", *extra],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,

@@ -34,9 +34,13 @@ import numpy as np
 __all__ = [
     "DATATYPES",
     "HEADER_LENGTH",
+    "HTTPError",
     "InferRequest",
     "ProtocolError",
     "RequestedOutput",
+    "array_from_binary",
+    "array_from_data",
+    "binary_data",
     "datatype_of",
     "deserialize_bytes",
     "encode_infer_response",
@@ -70,6 +74,14 @@ _LENGTH = struct.Struct("<I")
 
 class ProtocolError(ValueError):
     """A request the protocol cannot accept; the message is one line for the client."""
+
+
+class HTTPError(Exception):
+    """An error answered with HTTP ``status`` (and its gRPC code) and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def datatype_of(dtype: np.dtype | str) -> str:
@@ -160,8 +172,12 @@ def _shape(value, name: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _from_json(data, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """A JSON ``data`` value (flat or nested, row-major) as an array of ``shape``."""
+def array_from_data(data, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Input ``name``'s values (a list, flat or nested, row-major: JSON's ``data``) as an array of ``shape``.
+
+    Raises:
+        ProtocolError: values that do not fit the datatype or the shape.
+    """
     count = math.prod(shape)
     if datatype == "BYTES":
         flat = list(_flatten(data, name))
@@ -198,7 +214,12 @@ def _flatten(data, name: str):
         yield data
 
 
-def _from_binary(buffer: memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+def array_from_binary(buffer: bytes | memoryview, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Input ``name``'s raw bytes (Triton's binary data, gRPC's raw contents) as an array of ``shape``.
+
+    Raises:
+        ProtocolError: bytes that do not fit the datatype and the shape.
+    """
     count = math.prod(shape)
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
@@ -279,10 +300,10 @@ def parse_infer_request(body: bytes, header_length: int | None = None) -> InferR
                 raise ProtocolError(f"input '{name}' has both 'data' and binary_data_size")
             if offset + size > len(binary):
                 raise ProtocolError(f"input '{name}': binary_data_size {size} runs past the end of the body")
-            inputs[name] = _from_binary(binary[offset : offset + size], datatype, shape, name)
+            inputs[name] = array_from_binary(binary[offset : offset + size], datatype, shape, name)
             offset += size
         elif "data" in raw:
-            inputs[name] = _from_json(raw["data"], datatype, shape, name)
+            inputs[name] = array_from_data(raw["data"], datatype, shape, name)
         else:
             raise ProtocolError(f"input '{name}' has neither 'data' nor binary_data_size")
         datatypes[name] = datatype
@@ -319,7 +340,8 @@ def _json_data(array: np.ndarray) -> list:
     return array.ravel().tolist()
 
 
-def _binary_data(array: np.ndarray) -> bytes:
+def binary_data(array: np.ndarray) -> bytes:
+    """An array's raw bytes as Triton sends them: little-endian row-major, BYTES length-prefixed."""
     if array.dtype.kind in "OSU":
         return serialize_bytes(list(array.ravel()))
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
@@ -353,7 +375,7 @@ def encode_infer_response(
         array = np.asarray(array)
         tensor = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
         if name in binary:
-            chunk = _binary_data(array)
+            chunk = binary_data(array)
             tensor["parameters"] = {"binary_data_size": len(chunk)}
             chunks.append(chunk)
         else:

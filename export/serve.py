@@ -31,6 +31,7 @@ never TensorFlow or Keras (``pip install "keras-attn[serve]"``).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import contextvars
 import copy
@@ -55,6 +56,7 @@ from export.batching import MicroBatcher
 from export.cli import CliError, one_line, run
 from export.protocol import (
     HEADER_LENGTH,
+    HTTPError,
     InferRequest,
     ProtocolError,
     datatype_of,
@@ -62,6 +64,7 @@ from export.protocol import (
     parse_infer_request,
     parse_v1_request,
 )
+from export.repository import ModelSource, RepositoryError, model_names, read_model
 from export.runtime import METADATA_ENCODER_KEY, OnnxModel, TextClassifier, read_metadata
 
 try:
@@ -96,16 +99,13 @@ DEFAULT_MAX_DELAY_MS = 2.0
 DEFAULT_MAX_BODY = 8 * 1024 * 1024
 #: Seconds a request may take to arrive whole: an 8 MiB body at 1 MiB/s, with room.
 DEFAULT_TIMEOUT_READ = 30.0
+#: Triton's --repository-poll-secs.
+DEFAULT_POLL_SECONDS = 15.0
+CONTROL_MODES = ("none", "explicit", "poll")
+#: Triton's gRPC port.
+DEFAULT_GRPC_PORT = 8001
 
 _PAGE = Path(__file__).with_name("page.html")
-
-
-class HTTPError(Exception):
-    """An error answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -121,13 +121,30 @@ class Settings:
         threads: most threads a runtime call may use; None leaves it to
             `export.runtime` (the usable cores, for calls big enough).
         max_body: largest accepted request body, in bytes.
+        repository: a Triton model repository to serve (`export.repository`)
+            instead of ``models``; its configs' ``max_batch_size`` and
+            ``dynamic_batching`` replace ``max_batch`` and ``max_delay_ms``.
+        control_mode: the repository's model control, as Triton's
+            ``--model-control-mode``: ``none`` (every model at start, no
+            load or unload), ``explicit`` (``load_models`` at start, then
+            load and unload requests) or ``poll`` (every model at start,
+            then the repository's changes every ``poll_seconds``).
+        load_models: the models ``explicit`` loads at start; ``*`` for all.
+        poll_seconds: how often ``poll`` looks at the repository.
+        grpc_host, grpc_port: where the gRPC service listens; None: no gRPC.
     """
 
-    models: tuple[str, ...]
+    models: tuple[str, ...] = ()
     max_batch: int = DEFAULT_MAX_BATCH
     max_delay_ms: float = DEFAULT_MAX_DELAY_MS
     threads: int | None = None
     max_body: int = DEFAULT_MAX_BODY
+    repository: str | None = None
+    control_mode: str = "none"
+    load_models: tuple[str, ...] = ()
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int | None = None
 
 
 class _Arrival:
@@ -169,14 +186,19 @@ class ServedModel:
         path: the ``.onnx`` file; a file carrying a text encoder is served
             as a text model (`export.runtime.TextClassifier`).
         threads: onnxruntime threads per call.
+        name: the model's name (default: the file's stem).
+        version: the version it is served as.
 
     Raises:
         FileNotFoundError, ValueError: as `export.runtime.OnnxModel`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, threads: int | None = None, name: str | None = None, version: str = "1"
+    ) -> None:
         self.path = Path(path)
-        self.name = self.path.stem
+        self.name = self.path.stem if name is None else name
+        self.version = version
         if METADATA_ENCODER_KEY in read_metadata(self.path):
             self.classifier: TextClassifier | None = TextClassifier(self.path, threads=threads)
             self.model = self.classifier.model
@@ -193,6 +215,8 @@ class ServedModel:
         self.batcher: MicroBatcher | None = None
         #: Requests received and not yet handed to the batcher, which waits for them.
         self.arriving = 0
+        #: Requests being answered: a model swapped out is closed once none is left.
+        self.in_flight = 0
 
     # -- metadata -------------------------------------------------------------
 
@@ -206,7 +230,7 @@ class ServedModel:
         """The v2 model metadata; a text model's also says how to send text."""
         data = {
             "name": self.name,
-            "versions": ["1"],
+            "versions": [self.version],
             "platform": "onnxruntime_onnx",
             "inputs": [_tensor_metadata(spec) for spec in self.inputs],
             "outputs": [_tensor_metadata(spec) for spec in self.outputs],
@@ -402,6 +426,250 @@ def _split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, n
     return [{name: pieces[name][i] for name in outputs} for i in range(len(sizes))]
 
 
+class ModelRegistry:
+    """The models being served, by name and version: found, loaded, swapped, unloaded.
+
+    From files (``Settings.models``: each one version "1", named after its
+    stem) or from a Triton model repository (``Settings.repository``). A
+    model (re)loaded while it serves is swapped whole: requests already
+    holding the old versions finish on their sessions, which are closed once
+    the last one is answered, and new requests get the new versions. A
+    version that fails to load is refused and the old ones keep serving.
+
+    Raises (the constructor): FileNotFoundError, ValueError: a model file
+        cannot be loaded, two files share a stem, or the repository is
+        not a folder.
+    """
+
+    def __init__(self, settings: Settings, metrics: _Metrics, executor: ThreadPoolExecutor) -> None:
+        self.settings = settings
+        self._metrics = metrics
+        self._executor = executor
+        #: name -> version -> model, versions ascending.
+        self.served: dict[str, dict[str, ServedModel]] = {}
+        #: name -> why it is not served (repository models only).
+        self.unavailable: dict[str, str] = {}
+        self._stamps: dict[str, tuple] = {}
+        self._unloading: set[str] = set()
+        self._retiring: set[asyncio.Task] = set()
+        self._lock: asyncio.Lock | None = None
+        if settings.repository is None:
+            for path in settings.models:
+                name = Path(path).stem
+                if name in self.served:
+                    raise ValueError(f"two models are named '{name}' ({self.served[name]['1'].path} and {path}): rename one file")
+                self._install(name, {"1": self._open(ServedModel(path, threads=settings.threads), None)})
+            return
+        names = model_names(settings.repository)
+        if settings.control_mode == "explicit":
+            wanted = names if "*" in settings.load_models else list(settings.load_models)
+            for name in wanted:
+                if name not in names:
+                    raise ValueError(f"--load-model {name}: no such model in the repository {settings.repository}")
+        else:
+            wanted = names
+        for name in names:
+            self.unavailable[name] = "unloaded"
+        for name in wanted:
+            try:
+                source = read_model(settings.repository, name)
+                self._install(name, self._open_source(source), source.stamp)
+            except (FileNotFoundError, ValueError) as error:
+                self.unavailable[name] = one_line(error)
+                log.warning("not serving %s: %s", name, one_line(error))
+
+    # -- finding a model --------------------------------------------------------
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The model a request names: ``version``, or the newest served.
+
+        Raises:
+            HTTPError: 404 for a model or version not served, 503 while it unloads.
+        """
+        if name in self._unloading:
+            raise HTTPError(503, f"model '{name}' is unloading")
+        versions = self.served.get(name)
+        if versions is None:
+            if name in self.unavailable:
+                raise HTTPError(404, f"model '{name}' is not loaded: {self.unavailable[name]}")
+            raise HTTPError(404, f"unknown model '{name}'; this server has {', '.join(self.served) or 'none'}")
+        if version is None:
+            return next(reversed(versions.values()))
+        model = versions.get(version)
+        if model is None:
+            raise HTTPError(404, f"model '{name}' has no version {version!r}; it serves {', '.join(versions)}")
+        return model
+
+    def models(self) -> list[ServedModel]:
+        """The newest version of each served model."""
+        return [next(reversed(versions.values())) for versions in self.served.values()]
+
+    def metadata(self, model: ServedModel) -> dict:
+        """The v2 model metadata, listing every version served."""
+        return {**model.metadata(), "versions": list(self.served.get(model.name, {model.version: model}))}
+
+    def index(self, ready_only: bool = False) -> list[dict]:
+        """Triton's repository index: each served version READY, each other model UNAVAILABLE with its reason."""
+        entries = []
+        for name in sorted({*self.served, *self.unavailable}):
+            for version in self.served.get(name, {}):
+                entries.append({"name": name, "version": version, "state": "READY", "reason": ""})
+            if name not in self.served and not ready_only:
+                entries.append({"name": name, "version": "", "state": "UNAVAILABLE", "reason": self.unavailable[name]})
+        return entries
+
+    # -- loading and unloading --------------------------------------------------
+
+    async def load(self, name: str) -> None:
+        """(Re)load ``name`` from the repository and swap it in (explicit mode).
+
+        Raises:
+            HTTPError: 409 when the control mode is not explicit, 400 when
+                the model cannot be loaded (the old versions keep serving).
+        """
+        self._check_explicit("load")
+        async with self._locked():
+            await self._reload(name)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name`` once the requests it is answering are done (explicit mode).
+
+        Raises:
+            HTTPError: 409 when the control mode is not explicit, 404 for a
+                model not loaded.
+        """
+        self._check_explicit("unload")
+        async with self._locked():
+            versions = self.served.get(name)
+            if versions is None:
+                raise HTTPError(404, f"model '{name}' is not loaded")
+            self._unloading.add(name)
+            try:
+                await asyncio.gather(*(self._retire(model) for model in versions.values()))
+            finally:
+                self._unloading.discard(name)
+            del self.served[name]
+            self._stamps.pop(name, None)
+            self.unavailable[name] = "unloaded"
+            log.info("unloaded %s", name)
+
+    async def poll(self) -> None:
+        """Serve the repository's changes every ``poll_seconds``: new, changed and removed models (poll mode)."""
+        while True:
+            await asyncio.sleep(self.settings.poll_seconds)
+            async with self._locked():
+                await self.poll_once()
+
+    async def poll_once(self) -> None:
+        names = await asyncio.to_thread(model_names, self.settings.repository)
+        for name in [name for name in self.served if name not in names]:
+            versions = self.served.pop(name)
+            self._stamps.pop(name, None)
+            await asyncio.gather(*(self._retire(model) for model in versions.values()))
+            log.info("unloaded %s: its folder is gone", name)
+        for name in [name for name in self.unavailable if name not in names]:
+            del self.unavailable[name]
+        for name in names:
+            try:
+                source = await asyncio.to_thread(read_model, self.settings.repository, name)
+            except RepositoryError as error:
+                if name not in self.served and self.unavailable.get(name) != one_line(error):
+                    self.unavailable[name] = one_line(error)
+                    log.warning("not serving %s: %s", name, one_line(error))
+                continue
+            if self._stamps.get(name) != source.stamp:
+                with contextlib.suppress(HTTPError):  # logged; the old versions keep serving
+                    await self._reload(name, source)
+
+    async def close(self) -> None:
+        """Close every model, once the requests they are answering are done."""
+        await asyncio.gather(*self._retiring)
+        for versions in self.served.values():
+            for model in versions.values():
+                model.close()
+
+    # -- internals --------------------------------------------------------------
+
+    def _check_explicit(self, action: str) -> None:
+        if self.settings.repository is None:
+            raise HTTPError(409, f"cannot {action}: this server serves files; start it with --model-repository")
+        if self.settings.control_mode != "explicit":
+            raise HTTPError(
+                409, f"cannot {action}: the model control mode is {self.settings.control_mode}; "
+                "start the server with --model-control-mode explicit"
+            )
+
+    def _locked(self) -> asyncio.Lock:
+        if self._lock is None:  # made on the loop that uses it
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _reload(self, name: str, source: ModelSource | None = None) -> None:
+        try:
+            if source is None:
+                source = await asyncio.to_thread(read_model, self.settings.repository, name)
+            versions = await asyncio.to_thread(self._open_source, source)
+        except (FileNotFoundError, ValueError) as error:
+            if source is not None:
+                self._stamps[name] = source.stamp  # refused once, tried again when it changes
+            if name not in self.served:
+                self.unavailable[name] = one_line(error)
+            kept = f"; still serving version {', '.join(self.served[name])}" if name in self.served else ""
+            log.warning("cannot load %s: %s%s", name, one_line(error), kept)
+            raise HTTPError(400, f"cannot load model '{name}': {one_line(error)}{kept}") from None
+        old = self.served.get(name, {})
+        self._install(name, versions, source.stamp)
+        log.info("serving %s version %s", name, ", ".join(versions))
+        for model in old.values():
+            task = asyncio.create_task(self._retire(model))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    def _open_source(self, source: ModelSource) -> dict[str, ServedModel]:
+        """Every version ``source`` serves, opened; all or none."""
+        opened: dict[str, ServedModel] = {}
+        try:
+            for version, path in source.files.items():
+                model = ServedModel(path, threads=self.settings.threads, name=source.name, version=str(version))
+                opened[str(version)] = self._open(model, source)
+        except BaseException:
+            for model in opened.values():
+                model.close()
+            raise
+        return opened
+
+    def _open(self, model: ServedModel, source: ModelSource | None) -> ServedModel:
+        """Give ``model`` its batcher: the settings', or its repository config's."""
+        max_rows, max_delay_ms = self.settings.max_batch, self.settings.max_delay_ms
+        if source is not None:
+            if source.max_delay_ms is None:  # no dynamic_batching: each request alone, as Triton
+                max_rows, max_delay_ms = 1, 0.0
+            else:
+                max_rows, max_delay_ms = max(source.max_batch_size, 1), source.max_delay_ms
+        model.batcher = MicroBatcher(
+            max_rows=max_rows,
+            max_delay=max_delay_ms / 1000,
+            executor=self._executor,
+            on_batch=self._metrics.batch_rows.labels(model.name).observe,
+            arriving=lambda: model.arriving,
+        )
+        return model
+
+    def _install(self, name: str, versions: dict[str, ServedModel], stamp: tuple | None = None) -> None:
+        self.served[name] = dict(sorted(versions.items(), key=lambda item: int(item[0])))
+        self.unavailable.pop(name, None)
+        if stamp is not None:
+            self._stamps[name] = stamp
+        self._metrics.queue_rows.labels(name).set_function(
+            lambda: sum(model.batcher.queued_rows for model in self.served.get(name, {}).values())
+        )
+
+    async def _retire(self, model: ServedModel) -> None:
+        while model.in_flight:
+            await asyncio.sleep(0.005)
+        model.close()
+
+
 class _Metrics:
     """The Prometheus series, in a registry of their own (one per app)."""
 
@@ -410,14 +678,14 @@ class _Metrics:
         self.registry = prometheus_client.CollectorRegistry()
         self.requests = prometheus_client.Counter(
             "keras_attn_requests",
-            "Model requests answered, by model, endpoint and HTTP status.",
-            ["model", "endpoint", "status"],
+            "Model requests answered, by model, endpoint, protocol (http, grpc) and status (HTTP's, or gRPC's code).",
+            ["model", "endpoint", "protocol", "status"],
             registry=self.registry,
         )
         self.latency = prometheus_client.Histogram(
             "keras_attn_request_duration_seconds",
             "Time from a model request's arrival to its answer.",
-            ["model", "endpoint"],
+            ["model", "endpoint", "protocol"],
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5),
             registry=self.registry,
         )
@@ -434,6 +702,11 @@ class _Metrics:
             ["model"],
             registry=self.registry,
         )
+
+    def count(self, model: str, endpoint: str, protocol: str, status: str, started: float) -> None:
+        """Count one answered request, and its time since ``started`` (`time.perf_counter`)."""
+        self.requests.labels(model, endpoint, protocol, status).inc()
+        self.latency.labels(model, endpoint, protocol).observe(time.perf_counter() - started)
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -465,37 +738,24 @@ def _server_version() -> str:
 
 
 def create_app(settings: Settings) -> Starlette:
-    """The ASGI app serving ``settings.models``; the models are loaded here.
+    """The ASGI app serving ``settings``' models (`ModelRegistry`), loaded here; gRPC too when asked.
 
     Raises:
-        FileNotFoundError, ValueError: a model cannot be loaded, or two
-            files share a stem (one line each).
+        FileNotFoundError, ValueError: a model file cannot be loaded, two
+            files share a stem, or the repository is not a folder (one
+            line each).
     """
     if _MISSING is not None:
         raise CliError(f'serving needs the serve extra: pip install "keras-attn[serve]" ({_MISSING})')
     if settings.max_batch < 1 or not settings.max_delay_ms >= 0 or settings.max_body < 1:
         raise ValueError("max_batch and max_body must be >= 1 and max_delay_ms >= 0")
-    models: dict[str, ServedModel] = {}
-    for path in settings.models:
-        name = Path(path).stem
-        if name in models:
-            raise ValueError(f"two models are named '{name}' ({models[name].path} and {path}): rename one file")
-        models[name] = ServedModel(path, threads=settings.threads)
+    if settings.control_mode not in CONTROL_MODES:
+        raise ValueError(f"control_mode must be one of {', '.join(CONTROL_MODES)}, got {settings.control_mode!r}")
     metrics = _Metrics()
-    executor = ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="serve-model")
-    for model in models.values():
-        histogram = metrics.batch_rows.labels(model.name)
-        model.batcher = MicroBatcher(
-            max_rows=settings.max_batch,
-            max_delay=settings.max_delay_ms / 1000,
-            executor=executor,
-            on_batch=histogram.observe,
-            arriving=lambda model=model: model.arriving,
-        )
-        metrics.queue_rows.labels(model.name).set_function(lambda batcher=model.batcher: batcher.queued_rows)
-    page = _PAGE.read_text(encoding="utf-8").replace(
-        "__MODELS__", json.dumps([m.metadata() for m in models.values()]).replace("</", "<\\/")
-    )
+    # Threads start as calls need them: one per model running at once.
+    executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="serve-model")
+    registry = ModelRegistry(settings, metrics, executor)
+    page = _PAGE.read_text(encoding="utf-8")
     server_version = _server_version()
 
     def model_endpoint(endpoint: str, batched: bool = False):
@@ -509,15 +769,12 @@ def create_app(settings: Settings) -> Starlette:
             async def wrapped(request: Request) -> Response:
                 started = time.perf_counter()
                 name = request.path_params["name"]
-                model = models.get(name)
-                arrival = _Arrival(model) if batched and model is not None else None
-                _ARRIVAL.set(arrival)
+                model = arrival = None
                 try:
-                    if model is None:
-                        raise HTTPError(404, f"unknown model '{name}'; this server has {', '.join(models) or 'none'}")
-                    asked = request.path_params.get("version")
-                    if asked is not None and asked != "1":
-                        raise HTTPError(404, f"model '{name}' has only version 1, not {asked!r}")
+                    model = registry.get(name, request.path_params.get("version"))
+                    model.in_flight += 1
+                    arrival = _Arrival(model) if batched else None
+                    _ARRIVAL.set(arrival)
                     response = await handler(request, model)
                 except HTTPError as error:
                     response = _error(error.status, one_line(error))
@@ -531,9 +788,9 @@ def create_app(settings: Settings) -> Starlette:
                 finally:
                     if arrival is not None:
                         arrival.done()
-                label = model.name if model is not None else ""
-                metrics.requests.labels(label, endpoint, str(response.status_code)).inc()
-                metrics.latency.labels(label, endpoint).observe(time.perf_counter() - started)
+                    if model is not None:
+                        model.in_flight -= 1
+                metrics.count(name if model is not None else "", endpoint, "http", str(response.status_code), started)
                 return response
 
             return wrapped
@@ -542,7 +799,7 @@ def create_app(settings: Settings) -> Starlette:
 
     @model_endpoint("metadata")
     async def model_metadata(request: Request, model: ServedModel) -> Response:
-        return JSONResponse(model.metadata())
+        return JSONResponse(registry.metadata(model))
 
     @model_endpoint("ready")
     async def model_ready(request: Request, model: ServedModel) -> Response:
@@ -560,14 +817,16 @@ def create_app(settings: Settings) -> Starlette:
             binary = set(outputs) if parsed.binary_output else set()
         else:
             binary = {output.name for output in parsed.outputs if output.binary or parsed.binary_output}
-        content, json_length = encode_infer_response(model.name, outputs, request_id=parsed.id, binary=binary)
+        content, json_length = encode_infer_response(
+            model.name, outputs, request_id=parsed.id, binary=binary, model_version=model.version
+        )
         if json_length is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)})
 
     @model_endpoint("v1-metadata")
     async def v1_metadata(request: Request, model: ServedModel) -> Response:
-        return JSONResponse({"name": model.name, "ready": True, **model.metadata()})
+        return JSONResponse({"name": model.name, "ready": True, **registry.metadata(model)})
 
     @model_endpoint("v1-predict", batched=True)
     async def v1_predict(request: Request, model: ServedModel) -> Response:
@@ -598,16 +857,48 @@ def create_app(settings: Settings) -> Starlette:
         return Response(prometheus_client.generate_latest(metrics.registry), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     async def home(request: Request) -> Response:
-        return HTMLResponse(page)
+        models = json.dumps([registry.metadata(model) for model in registry.models()])
+        return HTMLResponse(page.replace("__MODELS__", models.replace("</", "<\\/")))
+
+    async def repository_index(request: Request) -> Response:
+        body = await _body(request, settings.max_body)
+        try:
+            ready_only = bool(json.loads(body or b"{}").get("ready", False))
+        except (ValueError, AttributeError):
+            return _error(400, 'the body must be a JSON object such as {"ready": true}')
+        return JSONResponse(registry.index(ready_only))
+
+    def repository_action(action: str):
+        async def answer(request: Request) -> Response:
+            started, name = time.perf_counter(), request.path_params["name"]
+            try:
+                await (registry.load if action == "load" else registry.unload)(name)
+                response = Response(status_code=200)
+            except HTTPError as error:
+                response = _error(error.status, one_line(error))
+            metrics.count(name, action, "http", str(response.status_code), started)
+            return response
+
+        return answer
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        tasks, grpc_server = [], None
         try:
+            if settings.repository is not None and settings.control_mode == "poll":
+                tasks.append(asyncio.create_task(registry.poll()))
+            if settings.grpc_port is not None:
+                from export.grpc_service import start_grpc
+
+                grpc_server = await start_grpc(registry, metrics, settings, server_version)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=5)
+            for task in tasks:
+                task.cancel()
+            await registry.close()
             executor.shutdown(wait=True)
-            for model in models.values():
-                model.close()
 
     routes = [
         Route("/", home),
@@ -623,8 +914,13 @@ def create_app(settings: Settings) -> Starlette:
             Route(prefix + "/infer", infer, methods=["POST"]),
         ]
     routes.append(Route("/v1/models/{target}", v1_route, methods=["GET", "POST"]))
+    routes += [
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", repository_action("load"), methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", repository_action("unload"), methods=["POST"]),
+    ]
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.models = models
+    app.state.registry = registry
     return app
 
 
@@ -654,6 +950,29 @@ def listen(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
         sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (0: a free port) but not listening, with ``SO_REUSEPORT``.
+
+    It holds the gRPC port from the start, so a port in use fails at once,
+    on one line, and port 0 is known before any worker starts: each gRPC
+    server then binds the same port (gRPC sets ``SO_REUSEPORT``, and the
+    kernel spreads connections over the listening ones; this one never
+    listens, so it gets none).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
     except OSError:
         sock.close()
         raise
@@ -707,9 +1026,38 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("models", nargs="+", metavar="MODEL.onnx", help="the models to serve")
+    parser.add_argument("models", nargs="*", metavar="MODEL.onnx", help="the model files to serve (or --model-repository)")
+    repository = parser.add_argument_group("a Triton model repository (what python -m export.to_triton writes)")
+    repository.add_argument(
+        "--model-repository", metavar="REPO",
+        help="serve REPO/NAME/V/model.onnx with each REPO/NAME/config.pbtxt's version_policy, max_batch_size and dynamic_batching",
+    )
+    repository.add_argument(
+        "--model-control-mode", choices=CONTROL_MODES, default="none",
+        help=(
+            "none: every model at start; explicit: --load-model ones at start, then POST "
+            "/v2/repository/models/NAME/load and /unload; poll: every model at start, then the "
+            "repository's changes (default: none)"
+        ),
+    )
+    repository.add_argument(
+        "--load-model", action="append", default=[], metavar="NAME",
+        help="with explicit: a model to load at start; repeat it, or give '*' for all",
+    )
+    repository.add_argument(
+        "--repository-poll-secs", type=float, default=DEFAULT_POLL_SECONDS, metavar="S",
+        help=f"with poll: seconds between looks at the repository (default: {DEFAULT_POLL_SECONDS:g})",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
+    parser.add_argument(
+        "--grpc-port", type=int, default=DEFAULT_GRPC_PORT, metavar="PORT",
+        help=(
+            "port of the KServe v2 / Triton gRPC service (inference.GRPCInferenceService, what "
+            f"tritonclient.grpc speaks) on --host; 0 picks a free one (default: {DEFAULT_GRPC_PORT})"
+        ),
+    )
+    parser.add_argument("--no-grpc", action="store_true", help="no gRPC service, HTTP only")
     parser.add_argument(
         "--max-batch",
         type=int,
@@ -765,7 +1113,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise CliError(f"--threads must be >= 1, got {args.threads}")
     if args.workers < 1:
         raise CliError(f"--workers must be >= 1, got {args.workers}")
-    for flag, value in (("--timeout-read", args.timeout_read), ("--timeout-keep-alive", args.timeout_keep_alive)):
+    if bool(args.models) == bool(args.model_repository):
+        raise CliError("give model files or --model-repository REPO, not both" if args.models else "no model: give MODEL.onnx files or --model-repository REPO")
+    if args.model_control_mode != "none" and not args.model_repository:
+        raise CliError(f"--model-control-mode {args.model_control_mode} needs --model-repository")
+    if args.load_model and args.model_control_mode != "explicit":
+        raise CliError("--load-model needs --model-control-mode explicit")
+    if args.model_control_mode == "explicit" and args.workers > 1:
+        raise CliError("--model-control-mode explicit needs --workers 1: each worker has its own models, and a load reaches one")
+    for flag, value in (
+        ("--timeout-read", args.timeout_read),
+        ("--timeout-keep-alive", args.timeout_keep_alive),
+        ("--repository-poll-secs", args.repository_poll_secs),
+    ):
         if not (value > 0 and math.isfinite(value)):
             raise CliError(f"{flag} must be a number of seconds > 0, got {value}")
     from export.http_protocol import ReadTimeoutProtocol
@@ -773,12 +1133,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_body = parse_size(args.max_body)
     except ValueError as error:
         raise CliError(f"--max-body: {error}") from None
+    grpc_reservation = None
+    if not args.no_grpc:
+        try:
+            grpc_reservation = reserve_port(args.host, args.grpc_port)
+        except OSError as error:
+            raise CliError(f"cannot listen on {args.host}:{args.grpc_port} for gRPC: {error.strerror or error}") from None
     settings = Settings(
         models=tuple(str(Path(path).resolve()) for path in args.models),
         max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms,
         threads=args.threads,
         max_body=max_body,
+        repository=str(Path(args.model_repository).resolve()) if args.model_repository else None,
+        control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        poll_seconds=args.repository_poll_secs,
+        grpc_host=args.host,
+        grpc_port=None if grpc_reservation is None else grpc_reservation.getsockname()[1],
     )
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
@@ -786,12 +1158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(settings)
     except (FileNotFoundError, ValueError) as error:
         raise CliError(one_line(error)) from None
-    names = ", ".join(app.state.models)
+    registry = app.state.registry
+    names = ", ".join(registry.served) or "no model yet"
     try:
         sock = listen(args.host, args.port)
     except OSError as error:
         raise CliError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from None
     host, port = sock.getsockname()[:2]
+    grpc = "" if settings.grpc_port is None else f" and grpc://{host}:{settings.grpc_port}"
     # proxy_headers off: nothing here reads the client's address, and the
     # middleware costs every request.
     common = dict(
@@ -805,8 +1179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, frame: stopped.setdefault("signal", signal.Signals(number).name))
     log.info(
-        "serving %s on http://%s:%d (max batch %d, max delay %g ms, %d worker%s)",
-        names, host, port, settings.max_batch, settings.max_delay_ms, args.workers, "" if args.workers == 1 else "s",
+        "serving %s on http://%s:%d%s (max batch %d, max delay %g ms, %d worker%s)",
+        names, host, port, grpc, settings.max_batch, settings.max_delay_ms, args.workers, "" if args.workers == 1 else "s",
     )
     started = time.monotonic()
     if args.workers == 1:
@@ -816,13 +1190,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from uvicorn.supervisors import Multiprocess
 
-        for model in app.state.models.values():  # each worker loads its own
-            model.close()
+        for versions in registry.served.values():  # each worker loads its own
+            for model in versions.values():
+                model.close()
         os.environ[_ENVIRONMENT] = json.dumps(settings.__dict__)
         config = uvicorn.Config("export.serve:app_from_environment", factory=True, workers=args.workers, **common)
         config.read_timeout = args.timeout_read
         Multiprocess(config, sockets=[sock]).run()
     sock.close()
+    if grpc_reservation is not None:
+        grpc_reservation.close()
     log.info("stopped serving %s after %.0f s", names, time.monotonic() - started)
     return 0
 

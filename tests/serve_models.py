@@ -7,12 +7,18 @@ test files that import these functions share one conversion per session.
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+
+from export.text import TextEncoder
 
 
 def _exported(tmp_path_factory, name: str, build) -> Path:
@@ -61,6 +67,49 @@ def pair_feeds(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
         "a": rng.normal(size=(rows, 3)).astype(np.float32),
         "b": rng.normal(size=(rows, 2)).astype(np.float32),
     }
+
+
+class Reference:
+    """A plain onnxruntime session on a file: what a lone call of a request gives."""
+
+    def __init__(self, path: Path):
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.encoder = TextEncoder.from_json(meta["text_encoder"]) if "text_encoder" in meta else None
+
+    def run(self, feeds: dict) -> dict:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    def texts(self, texts: list[str]) -> dict:
+        ids = self.encoder.encode(texts)
+        outputs = self.run({"tokens": ids})
+        p = outputs["probability"][:, 0]
+        outputs["label"] = np.where(p >= 0.5, "positive", "negative")
+        return outputs
+
+
+def start_server(args, env=None):
+    """``python -m export.serve ARGS`` (gRPC on a free port unless ARGS say otherwise): process, HTTP address.
+
+    The gRPC address is ``process.grpc_address``.
+    """
+    if "--no-grpc" not in args and "--grpc-port" not in args:
+        args = [*args, "--grpc-port", "0"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "export.serve", *args],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        env={**os.environ, **(env or {})},
+    )
+    line = process.stderr.readline()
+    while line.startswith("not serving "):  # a repository's model this server cannot run
+        line = process.stderr.readline()
+    assert line.startswith("serving "), line + process.stderr.read()
+    process.grpc_address = line.split("grpc://")[1].split()[0] if "grpc://" in line else None
+    return process, line.split("http://")[1].split()[0]
 
 
 @contextlib.contextmanager

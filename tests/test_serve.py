@@ -19,38 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
-from serve_models import pair, pair_feeds, running_server, sentiment  # noqa: F401 - fixtures
+from serve_models import Reference, pair, pair_feeds, running_server, sentiment, start_server  # noqa: F401 - fixtures
 
 httpx = pytest.importorskip("httpx")
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from export.serve import Settings, create_app  # noqa: E402
-from export.text import TextEncoder  # noqa: E402
 
 TEXTS = ["What a great film, I loved it", "dull and boring", "not bad at all", "", "zyxxq unknownword"]
-
-
-class Reference:
-    """A plain onnxruntime session on a file: what a lone call of a request gives."""
-
-    def __init__(self, path: Path):
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        meta = self.session.get_modelmeta().custom_metadata_map
-        self.encoder = TextEncoder.from_json(meta["text_encoder"]) if "text_encoder" in meta else None
-
-    def run(self, feeds: dict) -> dict:
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, feeds)))
-
-    def texts(self, texts: list[str]) -> dict:
-        ids = self.encoder.encode(texts)
-        outputs = self.run({"tokens": ids})
-        p = outputs["probability"][:, 0]
-        outputs["label"] = np.where(p >= 0.5, "positive", "negative")
-        return outputs
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +51,7 @@ def server(app):
 @pytest.fixture
 def slow_first_call(app):
     """Hold the first model call of the pair model for 0.5 s, so that requests sent meanwhile queue up."""
-    model = app.state.models["pair"].model
+    model = app.state.registry.get("pair").model
     original, held = model.run, threading.Event()
 
     def run(feeds, outputs=None):
@@ -359,7 +337,7 @@ def test_chunked_body_over_the_limit(http):
 def test_metrics_count_requests_by_model_and_status(http):
     http.post("/v2/models/pair/infer", content=b"{")
     text = http.get("/metrics").text
-    assert 'keras_attn_requests_total{endpoint="infer",model="pair",status="400"}' in text
+    assert 'keras_attn_requests_total{endpoint="infer",model="pair",protocol="http",status="400"}' in text
     assert 'keras_attn_request_duration_seconds_bucket{endpoint="infer"' in text
     assert 'keras_attn_batch_rows_bucket{le="1.0",model="sentiment"}' in text
     assert 'keras_attn_queue_rows{model="pair"} 0.0' in text
@@ -368,22 +346,8 @@ def test_metrics_count_requests_by_model_and_status(http):
 # -- the process: start and stop lines, SIGTERM, option errors ------------------------------------
 
 
-def _start(args, env=None):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "export.serve", *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parent.parent,
-        env={**os.environ, **(env or {})},
-    )
-    line = process.stderr.readline()
-    assert line.startswith("serving "), line + process.stderr.read()
-    return process, line.split("http://")[1].split()[0]
-
-
 def test_sigterm_finishes_in_flight_requests_and_exits_0(pair):
-    process, address = _start([str(pair), "--port", "0", "--max-delay-ms", "1500"])
+    process, address = start_server([str(pair), "--port", "0", "--max-delay-ms", "1500"])
     try:
         feeds = pair_feeds(1)
         body = {"inputs": [{"name": n, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()} for n, v in feeds.items()]}
@@ -415,7 +379,7 @@ def _connect(address):
 
 def test_a_trickling_client_is_cut_and_stalls_no_one(pair):
     # uvicorn alone has no read timeout: a client sending a byte a second held its connection forever.
-    process, address = _start([str(pair), "--port", "0", "--timeout-read", "2", "--timeout-keep-alive", "1"])
+    process, address = start_server([str(pair), "--port", "0", "--timeout-read", "2", "--timeout-keep-alive", "1"])
     try:
         feeds = pair_feeds(1)
         body = {"inputs": [{"name": n, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()} for n, v in feeds.items()]}
@@ -453,7 +417,7 @@ def test_a_trickling_client_is_cut_and_stalls_no_one(pair):
 
 
 def test_access_log_on_request(pair):
-    process, address = _start([str(pair), "--port", "0", "--access-log"])
+    process, address = start_server([str(pair), "--port", "0", "--access-log"])
     try:
         assert httpx.get(f"http://{address}/v2/health/live", timeout=30).status_code == 200
         process.send_signal(signal.SIGTERM)
@@ -500,7 +464,7 @@ def _sockets(pid: int) -> int:
 
 
 def test_a_thousand_idle_connections_slow_no_one_and_are_closed_when_idle(pair):
-    process, address = _start([str(pair), "--port", "0", "--timeout-keep-alive", "5"])
+    process, address = start_server([str(pair), "--port", "0", "--timeout-keep-alive", "5"])
     idle = []
     try:
         feeds = pair_feeds(1)
@@ -544,7 +508,7 @@ def test_a_thousand_idle_connections_slow_no_one_and_are_closed_when_idle(pair):
 
 
 def test_two_workers_serve_and_stop(pair):
-    process, address = _start([str(pair), "--port", "0", "--workers", "2"])
+    process, address = start_server([str(pair), "--port", "0", "--workers", "2"])
     try:
         _wait_ready(address)
         process.send_signal(signal.SIGTERM)
@@ -556,7 +520,7 @@ def test_two_workers_serve_and_stop(pair):
 
 
 def test_a_killed_worker_is_replaced_and_costs_only_its_requests_in_flight(pair):
-    process, address = _start([str(pair), "--port", "0", "--workers", "2"])
+    process, address = start_server([str(pair), "--port", "0", "--workers", "2"])
     try:
         _wait_ready(address)
         deadline = time.monotonic() + 30
@@ -605,7 +569,7 @@ def test_a_killed_worker_is_replaced_and_costs_only_its_requests_in_flight(pair)
 
 def test_unexpected_errors_are_500_one_line_logged_with_traceback(pair, caplog):
     app = create_app(Settings(models=(str(pair),), max_delay_ms=0))
-    model = app.state.models["pair"]
+    model = app.state.registry.get("pair")
 
     def broken(feeds, outputs=None):
         raise RuntimeError("disk on fire\nsecond line")
@@ -648,7 +612,7 @@ def test_200k_mixed_requests_fail_no_valid_one_and_keep_memory_flat(sentiment):
     """Valid and invalid bodies mixed: every valid one 200, every invalid one a 4xx of one line, RSS flat."""
     import asyncio
 
-    process, address = _start([str(sentiment), "--port", "0"])
+    process, address = start_server([str(sentiment), "--port", "0"])
     host, port = address.rsplit(":", 1)
 
     def request(path: str, body: bytes) -> bytes:
@@ -709,7 +673,7 @@ def test_200k_mixed_requests_fail_no_valid_one_and_keep_memory_flat(sentiment):
 
 
 def test_sigterm_under_load_answers_what_is_in_flight_and_refuses_new_connections(pair):
-    process, address = _start([str(pair), "--port", "0"])
+    process, address = start_server([str(pair), "--port", "0"])
     try:
         feeds = pair_feeds(1)
         body = {"inputs": [{"name": n, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()} for n, v in feeds.items()]}

@@ -23,15 +23,37 @@ def pair(tmp_path_factory):
         (["PAIR", "--workers", "0"], "--workers must be >= 1"),
         (["PAIR", "--timeout-read", "0"], "--timeout-read must be a number of seconds > 0"),
         (["PAIR", "--timeout-keep-alive", "inf"], "--timeout-keep-alive must be a number of seconds > 0"),
-        (["PAIR", "--port", "1", "--host", "203.0.113.7"], "cannot listen on 203.0.113.7:1"),
+        (["PAIR", "--port", "1", "--host", "203.0.113.7", "--no-grpc"], "cannot listen on 203.0.113.7:1:"),
+        (["PAIR", "--grpc-port", "1", "--host", "203.0.113.7"], "cannot listen on 203.0.113.7:1 for gRPC"),
+        ([], "no model: give MODEL.onnx files or --model-repository"),
+        (["PAIR", "--model-repository", "REPO"], "not both"),
+        (["--model-repository", "REPO/nowhere"], "is not a folder"),
+        (["PAIR", "--model-control-mode", "poll"], "--model-control-mode poll needs --model-repository"),
+        (["--model-repository", "REPO", "--load-model", "a"], "--load-model needs --model-control-mode explicit"),
+        (["--model-repository", "REPO", "--model-control-mode", "explicit", "--workers", "2"], "needs --workers 1"),
+        (["--model-repository", "REPO", "--model-control-mode", "explicit", "--load-model", "a"], "--load-model a: no such model"),
+        (["--model-repository", "REPO", "--model-control-mode", "poll", "--repository-poll-secs", "0"], "--repository-poll-secs must be"),
     ],
 )
-def test_cli_errors_are_one_line(pair, capsys, args, message):
+def test_cli_errors_are_one_line(pair, tmp_path, capsys, args, message):
     from export.cli import run
 
-    assert run(main, [str(pair) if a == "PAIR" else a for a in args]) == 1
+    args = [str(pair) if a == "PAIR" else a.replace("REPO", str(tmp_path)) for a in args]
+    assert run(main, args) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_grpc_port_in_use_is_one_line(pair, capsys):
+    import socket
+
+    from export.cli import run
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:  # listening, without SO_REUSEPORT
+        port = taken.getsockname()[1]
+        assert run(main, [str(pair), "--port", "0", "--grpc-port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: cannot listen on 127.0.0.1:{port} for gRPC: Address already in use\n", err
 
 
 def test_parse_size():
