@@ -43,11 +43,11 @@ def sentiment_onnx(tmp_path_factory) -> Path:
     return _exported(tmp_path_factory, "sentiment", build)
 
 
-def pair_model():
-    """A Keras model of two float inputs, ``a`` (n, 3) and ``b`` (n, 2), and two outputs."""
+def pair_model(seed: int = 0):
+    """A Keras model of two float inputs, ``a`` (n, 3) and ``b`` (n, 2), and two outputs; weights from ``seed``."""
     import keras
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     a = keras.Input((3,), name="a")
     b = keras.Input((2,), name="b")
     joined = keras.layers.Concatenate()([a, b])
@@ -56,9 +56,9 @@ def pair_model():
     return keras.Model([a, b], {"score": score, "gate": gate}, name="pair")
 
 
-def pair_onnx(tmp_path_factory) -> Path:
-    """`pair_model` exported as ``pair.onnx``."""
-    return _exported(tmp_path_factory, "pair", pair_model)
+def pair_onnx(tmp_path_factory, seed: int = 0) -> Path:
+    """`pair_model` exported as ``pair.onnx`` (``pair_seed1.onnx`` for seed 1, ...)."""
+    return _exported(tmp_path_factory, "pair" if seed == 0 else f"pair_seed{seed}", lambda: pair_model(seed))
 
 
 def pair_feeds(rows: int, seed: int = 0) -> dict[str, np.ndarray]:
