@@ -1,20 +1,29 @@
-"""Serve exported ONNX models over HTTP: KServe v2 (as Triton speaks it) and v1, micro-batched.
+"""Serve exported ONNX models: KServe v2 over HTTP and gRPC (as Triton speaks them) and v1, micro-batched.
 
     python -m export.serve sentiment.onnx other.onnx --port 8000
+    python -m export.serve --model-repository models --model-control-mode poll
 
-Each model is named after its file's stem. Endpoints:
+Each model file is named after its stem; a Triton model repository
+(`export.repository`) gives names, versions and batching from its configs
+(`ModelRegistry`). The gRPC service (``inference.GRPCInferenceService``,
+port 8001 by default) is `export.grpc_service`, over the same models. HTTP
+endpoints (each ``/v2/models/{name}`` route also as
+``/v2/models/{name}/versions/{version}``):
 
-=========================================  ==========================================
-``GET /v2/health/live``, ``/v2/health/ready``  liveness, readiness
-``GET /v2``                                 server metadata
-``GET /v2/models/{name}``                   inputs and outputs (datatypes, shapes, -1)
-``GET /v2/models/{name}/ready``             model readiness
-``POST /v2/models/{name}/infer``            inference: JSON tensors or Triton binary data
-``POST /v1/models/{name}:predict``          KServe v1: ``{"instances": [...]}``
-``GET /v1/models/{name}``                   KServe v1 model status
-``GET /metrics``                            Prometheus text
-``GET /``                                   a page: the models, and a text box to try them
-=========================================  ==========================================
+==============================================  ==========================================
+``GET /v2/health/live``, ``/v2/health/ready``   liveness, readiness
+``GET /v2``                                     server metadata
+``GET /v2/models/{name}``                       inputs and outputs (datatypes, shapes, -1)
+``GET /v2/models/{name}/ready``                 model readiness
+``POST /v2/models/{name}/infer``                inference: JSON tensors or Triton binary data
+``POST /v1/models/{name}:predict``              KServe v1: ``{"instances": [...]}``
+``GET /v1/models/{name}``                       KServe v1 model status
+``POST /v2/repository/index``                   the repository's models, their versions and states
+``POST /v2/repository/models/{name}/load``      (re)load a model (``--model-control-mode explicit``)
+``POST /v2/repository/models/{name}/unload``    stop serving it once its requests are answered
+``GET /metrics``                                Prometheus text
+``GET /``                                       a page: the models, and a text box to try them
+==============================================  ==========================================
 
 A text model (one exported with its encoder) also takes an input ``text``
 of datatype BYTES and shape ``[n]``: the server encodes it and answers

@@ -223,3 +223,17 @@ def test_workers_share_the_grpc_port_and_sigterm_exits_0(pair):
     finally:
         process.terminate()
         assert process.wait(30) == 0
+
+
+def test_readme_grpc_snippet_runs_against_our_server(servers):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    marker = "<!-- not run: needs a server on localhost:8001 (tests/test_serve_grpc.py runs this block against one) -->"
+    (block,) = [part.split("```python\n", 1)[1].split("```", 1)[0] for part in readme.split(marker)[1:]]
+    output = subprocess.run(
+        [sys.executable, "-c", block.replace("localhost:8001", servers[1])], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.splitlines() == [line.split("# -> ", 1)[1] for line in block.splitlines() if "# -> " in line]
