@@ -3,8 +3,8 @@
 MLServer 1.7 pins fastapi below 0.116, which the project's server does not
 take, so it runs from a virtual environment of its own: `ensure_venv` makes
 one on first use in `DEFAULT_VENV` (``python -m venv`` + ``pip install
-"mlserver==1.7.*" onnxruntime numpy``, a minute or two and about 400 MB) and
-reuses it after. `MLServer` starts ``mlserver start`` on a folder of
+"mlserver==1.7.*" onnxruntime numpy httptools``, a minute or two and about
+400 MB) and reuses it after. `MLServer` starts ``mlserver start`` on a folder of
 settings written for one model, served by the custom runtime in
 `benchmarks/mlserver_onnx.py` (copied beside its model-settings.json, which
 MLServer puts on ``sys.path`` to import it), on 127.0.0.1 and free ports.
@@ -35,8 +35,11 @@ from urllib.request import urlopen
 
 __all__ = ["DEFAULT_VENV", "MLServer", "REQUIREMENTS", "ensure_venv", "is_venv", "versions"]
 
-#: What the venv is made of; onnxruntime and numpy resolved to 1.32.0 and 2.4.6 on 2026-12-03, as in the project's own.
-REQUIREMENTS = ("mlserver==1.7.*", "onnxruntime", "numpy")
+#: What the venv is made of; onnxruntime and numpy resolved to 1.32.0 and 2.4.6 on 2026-12-03, as in the project's
+#: own. httptools is uvicorn's C HTTP parser, which uvicorn takes when it is installed, as our server's venv has it;
+#: MLServer does not depend on it, and without it its uvicorn parses and writes HTTP with pure-Python h11 (half
+#: of MLServer's busy samples at 1 client under py-spy): a careful user adds it.
+REQUIREMENTS = ("mlserver==1.7.*", "onnxruntime", "numpy", "httptools")
 DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "keras-attn" / "mlserver-1.7"
 #: Left in a venv while `ensure_venv` installs into it: a venv holding it is a broken install of ours, made anew.
 _INSTALLING = ".keras-attn-installing"
@@ -80,8 +83,13 @@ def ensure_venv(venv: Path = DEFAULT_VENV, *, say=lambda m: print(m, file=sys.st
 
 
 def versions(venv: Path) -> dict[str, str]:
-    """The versions of mlserver, onnxruntime and numpy in ``venv``."""
-    code = "import json, mlserver, onnxruntime, numpy; print(json.dumps({m.__name__: m.__version__ for m in (mlserver, onnxruntime, numpy)}))"
+    """The versions of mlserver, onnxruntime, numpy and httptools in ``venv`` (httptools None where it is absent)."""
+    code = (
+        "import json, mlserver, onnxruntime, numpy\n"
+        "try:\n    import httptools\nexcept ImportError:\n    httptools = None\n"
+        "print(json.dumps({**{m.__name__: m.__version__ for m in (mlserver, onnxruntime, numpy)},"
+        " 'httptools': httptools and httptools.__version__}))"
+    )
     done = subprocess.run([str(Path(venv) / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"{venv}: {done.stderr.strip()[-500:]}")

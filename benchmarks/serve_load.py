@@ -430,7 +430,7 @@ def _peer_report(peers: dict, one_row: list[dict], targets: list[dict], mlserver
     lines = ["", f"Peer comparison on token ids: one row of {seq_len} int32 ids a request (input '{input_name}', output "
              "'probability', v2 JSON), the same client and rows for every server."]
     if mlserver:
-        versions = ", ".join(f"{k} {v}" for k, v in mlserver["versions"].items())
+        versions = ", ".join(f"{k} {v}" if v else f"no {k} (its uvicorn on h11)" for k, v in mlserver["versions"].items())
         lines.append(f"MLServer: {versions} in {mlserver['venv']}; custom runtime benchmarks/mlserver_onnx.py (one "
                      "InferenceSession, 1 intra-op thread, no spinning), parallel_workers 0, debug off; adaptive batching "
                      f"max_batch_size {mlserver['max_batch_size']}, max_batch_time {mlserver['max_batch_time_ms']:g} ms.")
