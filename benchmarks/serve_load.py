@@ -436,13 +436,13 @@ def _peer_report(peers: dict, one_row: list[dict], targets: list[dict], mlserver
                      f"max_batch_size {mlserver['max_batch_size']}, max_batch_time {mlserver['max_batch_time_ms']:g} ms.")
     else:
         lines.append("MLServer: skipped (--no-mlserver).")
-    lines += ["", "| server | clients | requests | requests/s | p50 ms | p99 ms | rows per model call | server CPU ms/request |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| server | clients | requests | requests/s | p50 ms | p99 ms | rows per model call "
+              "| CPU ms/request: server, load generator |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, by_clients in peers.items():
         for r in by_clients.values():
             rows = f"{r.rows_per_call:.1f}" if r.rows_per_call else "-"
             lines.append(f"| {name} | {r.clients} | {r.requests} | {r.requests_per_s:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
-                         f"| {rows} | {r.server_cpu_ms:.3f} |")
+                         f"| {rows} | {r.server_cpu_ms:.3f}, {r.client_cpu_ms:.3f} |")
     median = lambda key: float(np.median([r[key] for r in one_row]))  # noqa: E731
     lines.append(f"\nin-process, one row a call (median of rounds): session.run {median('session_run_ms'):.3f} ms "
                  f"({median('session_run_cpu_ms'):.3f} ms CPU), TextClassifier.run_ids {median('run_ids_ms'):.3f} ms")
