@@ -466,7 +466,11 @@ def main(argv=None) -> int:
     if not args.no_mlserver:
         from benchmarks.mlserver_peer import ensure_venv, versions
 
-        venv = ensure_venv(args.mlserver_venv)  # its progress line goes to stderr, terminal or not
+        try:
+            venv = ensure_venv(args.mlserver_venv)  # its progress line goes to stderr, terminal or not
+        except RuntimeError as error:
+            print(f"python -m benchmarks.serve_load: {error} (--no-mlserver skips MLServer)", file=sys.stderr)
+            return 2
         mlserver = {"venv": str(venv), "versions": versions(venv), "max_batch_size": args.mlserver_batch_size,
                     "max_batch_time_ms": args.mlserver_batch_time_ms}
     started_load = os.getloadavg()

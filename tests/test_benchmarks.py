@@ -219,9 +219,15 @@ def test_serve_load_beside_mlserver(tmp_path):
     assert (results["mlserver"] is not None) == with_mlserver
 
 
-def test_serve_load_help():
+def test_serve_load_help(tmp_path):
     done = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", "--help"], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0
     for option in ("--no-mlserver", "--mlserver-venv", "--mlserver-batch-size", "--json", "--seconds"):
         assert option in done.stdout
+    # A folder that is no MLServer venv is refused in one line, and left as it was (nothing installed into it).
+    (tmp_path / "keep.txt").write_text("mine")
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", "--mlserver-venv", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is not a virtual environment with MLServer in it" in bad.stderr
+    assert "Traceback" not in bad.stderr and [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
