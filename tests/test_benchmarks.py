@@ -180,3 +180,54 @@ def test_ray_serve_benchmark_times_both_servers(tmp_path, tmp_path_factory):
         assert set(results[server]) == {"1", "64"}
         assert all(0 < f["requests"] <= 100 and f["p99_ms"] >= f["p50_ms"] > 0 for f in results[server].values())
     assert "| Ray Serve, 2 replicas | 64 |" in done.stdout
+
+
+def test_serve_load_beside_mlserver(tmp_path):
+    """`python -m benchmarks.serve_load` in its smallest run: our server on texts and on token ids, and MLServer
+    with and without its adaptive batching on the same ids when MLServer's venv is there.
+
+    That venv (`benchmarks.mlserver_peer.DEFAULT_VENV`, ~400 MB) is made by a full run of the benchmark, never by
+    this test: where it is absent, as in CI, only our server runs (``--no-mlserver``, its MLServer targets n/a)
+    and the test stays fast; where it is present, the MLServer path runs too.
+    """
+    from benchmarks.mlserver_peer import DEFAULT_VENV, is_venv
+
+    with_mlserver = is_venv(DEFAULT_VENV)
+    out = tmp_path / "serve_load.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serve_load", "--seconds", "0.2", "--rounds", "1", "--max-requests", "100",
+         "--json", str(out), *([] if with_mlserver else ["--no-mlserver"])],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(out.read_text())
+    servers = {"export.serve", "MLServer, adaptive batching", "MLServer, no batching"} if with_mlserver else {"export.serve"}
+    assert set(results["peers"]) == servers
+    for by_clients in results["peers"].values():
+        assert set(by_clients) == {"1", "8", "64"}
+        for figures in by_clients.values():
+            assert 0 < figures["requests"] <= 100 and figures["p99_ms"] >= figures["p50_ms"] > 0
+            assert figures["server_cpu_ms"] > 0
+    assert results["peers"]["export.serve"]["64"]["rows_per_call"] >= 1  # from our server's metrics
+    assert all(r["session_run_ms"] > 0 and r["session_run_cpu_ms"] > 0 for r in results["in_process_one_row"])
+    statuses = [t["status"] for t in results["targets"]]
+    assert len(statuses) == 4 and statuses[-1] in ("PASS", "FAIL")
+    assert all(s in (("PASS", "FAIL") if with_mlserver else ("n/a",)) for s in statuses[:3])
+    assert "| export.serve | 64 |" in done.stdout
+    assert "server CPU per request at 1 client / in-process session.run CPU" in done.stdout
+    assert ("| MLServer, adaptive batching | 1 |" in done.stdout) == with_mlserver
+    assert (results["mlserver"] is not None) == with_mlserver
+
+
+def test_serve_load_help(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0
+    for option in ("--no-mlserver", "--mlserver-venv", "--mlserver-batch-size", "--json", "--seconds"):
+        assert option in done.stdout
+    # A folder that is no MLServer venv is refused in one line, and left as it was (nothing installed into it).
+    (tmp_path / "keep.txt").write_text("mine")
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.serve_load", "--mlserver-venv", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is not a virtual environment with MLServer in it" in bad.stderr
+    assert "Traceback" not in bad.stderr and [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
