@@ -28,12 +28,17 @@ or two; see --mlserver-venv). Each server's CPU per request comes from
 in-process reference is one row's ``session.run`` on a session opened as the
 MLServer runtime opens it.
 
-Goals: 64 clients reach >= 5x the requests/s of 1 client (micro-batching
-works), and 8 clients x 64 sentences reach >= 0.5x the in-process
-batch-64 sentences/s (HTTP and JSON cost less than half). Issue 20's
-targets against MLServer: >= 2x the requests/s of its best configuration
-at 1, 8 and 64 clients, at a p99 no higher than its; our server's CPU per
-request at 1 client <= 5x the in-process one-row call.
+Our server also takes the same rows over gRPC (serialized ModelInferRequests
+with raw contents, as ``tritonclient.grpc`` sends them, from ``grpc.aio``
+calls on one channel).
+
+Goals: 8 clients x 64 sentences reach >= 0.5x the in-process batch-64
+sentences/s (HTTP and JSON cost less than half). Issue 20's targets: >= 2x
+the requests/s of MLServer's best configuration at 1, 8 and 64 clients, at a
+p99 no higher than its; gRPC >= 1.3x our HTTP/JSON requests/s at 64
+clients; our server's CPU per request at 1 client <= 5x the in-process
+one-row call. (64 clients against 1 is reported, with no goal since issue
+20: on 2 cores it is bounded by the same per-request CPU as one client.)
 """
 
 from __future__ import annotations
@@ -62,19 +67,20 @@ from benchmarks.cli import cpu_name  # noqa: E402
 from benchmarks.inputs import REPO, load_texts, or_generated  # noqa: E402
 
 __all__ = [
-    "InProcess", "OneRow", "Scenario", "export_bundled", "load", "load_bodies", "machine", "main", "measure",
+    "InProcess", "OneRow", "Scenario", "export_bundled", "load", "load_bodies", "load_grpc", "machine", "main", "measure",
     "measure_peer", "run_async", "start_server",
 ]
 
 #: (clients, sentences per request)
 SCENARIOS = ((1, 1), (8, 1), (64, 1), (8, 64))
-GOAL_CONCURRENCY = 5.0
 GOAL_HTTP_SHARE = 0.5
 #: Client counts of the peer comparison, one row of token ids a request.
 PEER_CLIENTS = (1, 8, 64)
 GOAL_PEER_SPEEDUP = 2.0
 GOAL_CPU_VS_CALL = 5.0
+GOAL_GRPC_VS_HTTP = 1.3
 OURS = "export.serve"
+OURS_GRPC = "export.serve, gRPC"
 MLSERVER_BATCHING = "MLServer, adaptive batching"
 MLSERVER_PLAIN = "MLServer, no batching"
 
@@ -269,17 +275,52 @@ def _tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def measure_peer(pid: int, port: int, bodies: list[bytes], clients: int, *, seconds: float, max_requests: int, batch_totals=None):
+def _grpc_ids_request(model: str, input_name: str, row: np.ndarray) -> bytes:
+    """One row of int32 ids as a serialized gRPC ModelInferRequest (raw contents, as tritonclient.grpc sends) asking for ``probability``."""
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=model)
+    request.inputs.add(name=input_name, datatype="INT32", shape=[1, len(row)])
+    request.raw_input_contents.append(np.ascontiguousarray(row, dtype="<i4").tobytes())
+    request.outputs.add(name="probability")
+    return request.SerializeToString()
+
+
+async def load_grpc(port: int, bodies: list[bytes], clients: int, seconds: float, max_requests: int):
+    """As `load_bodies`, over gRPC: ``clients`` concurrent ModelInfer calls on one channel (HTTP/2 streams), bytes in and out."""
+    import grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # no (de)serializer: bytes
+        requests, latencies, budget = itertools.cycle(bodies), [], [max_requests]
+        started = time.perf_counter()
+        stop_at = started + seconds
+
+        async def client():
+            while budget[0] > 0 and time.perf_counter() < stop_at:
+                budget[0] -= 1
+                sent = time.perf_counter()
+                await infer(next(requests))
+                latencies.append(time.perf_counter() - sent)
+
+        await asyncio.gather(*[client() for _ in range(clients)])
+        return latencies, time.perf_counter() - started
+
+
+def measure_peer(pid: int, port: int, bodies: list[bytes], clients: int, *, seconds: float, max_requests: int, batch_totals=None,
+                 loader=None):
     """One run of ``clients`` clients sending ``bodies`` after a short warm-up, as `measure` returns it.
 
     Server CPU is that of process ``pid`` and its descendants; rows and
-    model calls come from ``batch_totals()`` (our server's metrics), else 0.
+    model calls come from ``batch_totals()`` (our server's metrics), else 0;
+    ``loader`` is `load_bodies` (HTTP) by default, or `load_grpc`.
     """
     totals = batch_totals or (lambda: (0.0, 0.0))
-    run_async(load_bodies(port, bodies, clients, min(0.3, seconds), max_requests))
+    loader = loader or load_bodies
+    run_async(loader(port, bodies, clients, min(0.3, seconds), max_requests))
     rows, calls = totals()
     cpu, own = _tree_cpu_seconds(pid), time.process_time()
-    latencies, elapsed = run_async(load_bodies(port, bodies, clients, seconds, max_requests))
+    latencies, elapsed = run_async(loader(port, bodies, clients, seconds, max_requests))
     cpu, own = _tree_cpu_seconds(pid) - cpu, time.process_time() - own
     rows_after, calls_after = totals()
     return latencies, elapsed, rows_after - rows, calls_after - calls, cpu, own
@@ -343,6 +384,7 @@ def start_server(model_path: Path, extra: list[str]) -> tuple[subprocess.Popen, 
     if not line.startswith("serving "):
         process.kill()
         raise RuntimeError(f"the server did not start: {line}{process.stderr.read()}")
+    process.grpc_port = int(line.split("grpc://")[1].split()[0].rsplit(":", 1)[1]) if "grpc://" in line else None
     return process, int(line.split("http://")[1].split()[0].rsplit(":", 1)[1])
 
 
@@ -400,7 +442,7 @@ def _status(ok: bool | None) -> str:
 def _peer_targets(peers: dict, speedups: dict, one_row: list[dict]) -> list[dict]:
     """The issue's targets against the best MLServer configuration, and of our CPU per request."""
     targets = []
-    mlservers = [name for name in peers if name != OURS]
+    mlservers = [name for name in peers if name in (MLSERVER_BATCHING, MLSERVER_PLAIN)]
     for clients in PEER_CLIENTS:
         ours = peers[OURS][clients]
         if not mlservers:
@@ -415,6 +457,13 @@ def _peer_targets(peers: dict, speedups: dict, one_row: list[dict]) -> list[dict
             "clients": clients, "best": best, "value": ratio, "rounds": speedups[best, clients], "goal": GOAL_PEER_SPEEDUP,
             "p99_ms": ours.p99_ms, "peer_p99_ms": theirs.p99_ms,
             "status": _status(ratio >= GOAL_PEER_SPEEDUP and ours.p99_ms <= theirs.p99_ms),
+        })
+    if OURS_GRPC in peers:
+        ratio = float(np.median(speedups[OURS_GRPC, 64])) ** -1 if (OURS_GRPC, 64) in speedups else None
+        targets.append({
+            "name": f"gRPC requests/s >= {GOAL_GRPC_VS_HTTP:g}x our HTTP/JSON at 64 clients", "clients": 64, "grpc": True,
+            "value": ratio, "rounds": [1 / x for x in speedups[OURS_GRPC, 64]], "goal": GOAL_GRPC_VS_HTTP,
+            "status": _status(ratio >= GOAL_GRPC_VS_HTTP),
         })
     call_cpu = float(np.median([r["session_run_cpu_ms"] for r in one_row]))
     cpu_ratio = peers[OURS][1].server_cpu_ms / call_cpu
@@ -449,6 +498,10 @@ def _peer_report(peers: dict, one_row: list[dict], targets: list[dict], mlserver
     for t in targets:
         if t["value"] is None:
             lines.append(f"{t['name']}: {t['status']}")
+        elif "grpc" in t:
+            rounds = ", ".join(f"{v:.2f}" for v in t["rounds"])
+            lines.append(f"64 clients, requests/s over gRPC (raw contents) vs HTTP/JSON: {t['value']:.2f}x (rounds: {rounds}; "
+                         f"goal >= {t['goal']:g}x): {t['status']}")
         elif "best" in t:
             rounds = ", ".join(f"{v:.2f}" for v in t["rounds"])
             lines.append(f"{t['clients']} client{'s' if t['clients'] > 1 else ''}, requests/s vs {t['best']}: {t['value']:.2f}x (rounds: {rounds}), p99 "
@@ -510,7 +563,11 @@ def main(argv=None) -> int:
         ids = classifier.encoder.encode(texts)
         one_row_reference = OneRow(model_path, ids)
         bodies = [_ids_request(model, one_row_reference.input_name, row) for row in ids[:2000]]
-        servers = {OURS: (process.pid, port, lambda: _batch_totals(port, model))}
+        grpc_bodies = [_grpc_ids_request(model, one_row_reference.input_name, row) for row in ids[:2000]]
+        servers = {
+            OURS: (process.pid, port, lambda: _batch_totals(port, model), load_bodies, bodies),
+            OURS_GRPC: (process.pid, process.grpc_port, lambda: _batch_totals(port, model), load_grpc, grpc_bodies),
+        }
         if mlserver:
             from benchmarks.mlserver_peer import MLServer
 
@@ -518,7 +575,7 @@ def main(argv=None) -> int:
             for name, setting in ((MLSERVER_BATCHING, batching), (MLSERVER_PLAIN, None)):
                 say(f"starting {name} ...")
                 peer = stack.enter_context(MLServer(model_path, Path(mlserver["venv"]), batching=setting))
-                servers[name] = (peer.process.pid, peer.port, None)
+                servers[name] = (peer.process.pid, peer.port, None, load_bodies, bodies)
         peer_runs = {(name, clients): [] for name in servers for clients in PEER_CLIENTS}
         one_row, speedups = [], {}
         for round_ in range(args.rounds):
@@ -526,11 +583,11 @@ def main(argv=None) -> int:
             rates = {}
             names = list(servers)
             for name in names[round_ % len(names):] + names[: round_ % len(names)]:  # each round starts with the next
-                pid, peer_port, totals = servers[name]
+                pid, peer_port, totals, loader, requests = servers[name]
                 for clients in PEER_CLIENTS:
                     say(f"round {round_ + 1}/{args.rounds}: {name}, {clients} clients x 1 row of ids ...")
-                    run = measure_peer(pid, peer_port, bodies, clients, seconds=args.seconds, max_requests=args.max_requests,
-                                       batch_totals=totals)
+                    run = measure_peer(pid, peer_port, requests, clients, seconds=args.seconds, max_requests=args.max_requests,
+                                       batch_totals=totals, loader=loader)
                     peer_runs[name, clients].append(run)
                     rates[name, clients] = len(run[0]) / run[1]
             for name in servers:
@@ -554,10 +611,10 @@ def main(argv=None) -> int:
         )
     print(f"\nin-process TextClassifier.predict_proba, batch 64: {np.median(in_process):.0f} sentences/s (median of rounds)")
     rounds = lambda values: ", ".join(f"{v:.2f}" for v in values)  # noqa: E731
-    print(f"64 clients / 1 client requests/s: {concurrency_ratio:.1f}x (rounds: {rounds(concurrency)}; goal >= {GOAL_CONCURRENCY:g}x): "
-          f"{'pass' if concurrency_ratio >= GOAL_CONCURRENCY else 'FAIL'}")
+    # No goal since issue 20: on 2 cores it is bounded by the same per-request CPU as one client.
+    print(f"64 clients / 1 client requests/s: {concurrency_ratio:.1f}x (rounds: {rounds(concurrency)})")
     print(f"8 clients x 64 sentences / in-process batch 64: {share_ratio:.2f}x (rounds: {rounds(share)}; goal >= {GOAL_HTTP_SHARE:g}x): "
-          f"{'pass' if share_ratio >= GOAL_HTTP_SHARE else 'FAIL'}")
+          f"{'PASS' if share_ratio >= GOAL_HTTP_SHARE else 'FAIL'}")
     print("\n".join(_peer_report(peers, one_row, targets, mlserver, ids.shape[1], one_row_reference.input_name)))
     if args.json:
         Path(args.json).write_text(

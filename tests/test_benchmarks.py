@@ -201,7 +201,8 @@ def test_serve_load_beside_mlserver(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
-    servers = {"export.serve", "MLServer, adaptive batching", "MLServer, no batching"} if with_mlserver else {"export.serve"}
+    ours = {"export.serve", "export.serve, gRPC"}
+    servers = ours | {"MLServer, adaptive batching", "MLServer, no batching"} if with_mlserver else ours
     assert set(results["peers"]) == servers
     for by_clients in results["peers"].values():
         assert set(by_clients) == {"1", "8", "64"}
@@ -211,9 +212,10 @@ def test_serve_load_beside_mlserver(tmp_path):
     assert results["peers"]["export.serve"]["64"]["rows_per_call"] >= 1  # from our server's metrics
     assert all(r["session_run_ms"] > 0 and r["session_run_cpu_ms"] > 0 for r in results["in_process_one_row"])
     statuses = [t["status"] for t in results["targets"]]
-    assert len(statuses) == 4 and statuses[-1] in ("PASS", "FAIL")
+    assert len(statuses) == 5 and statuses[-2] in ("PASS", "FAIL") and statuses[-1] in ("PASS", "FAIL")
     assert all(s in (("PASS", "FAIL") if with_mlserver else ("n/a",)) for s in statuses[:3])
-    assert "| export.serve | 64 |" in done.stdout
+    assert "| export.serve | 64 |" in done.stdout and "| export.serve, gRPC | 64 |" in done.stdout
+    assert "64 clients, requests/s over gRPC (raw contents) vs HTTP/JSON" in done.stdout
     assert "server CPU per request at 1 client / in-process session.run CPU" in done.stdout
     assert ("| MLServer, adaptive batching | 1 |" in done.stdout) == with_mlserver
     assert (results["mlserver"] is not None) == with_mlserver
