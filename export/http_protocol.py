@@ -11,6 +11,12 @@ protocol, given to uvicorn as ``Config(http=ReadTimeoutProtocol)``:
 - answers 408 and closes when a request (headers and body) has not arrived
   whole within ``read_timeout`` seconds of its first byte.
 
+It also writes each response in one piece: uvicorn writes a response's
+headers and its body with two ``transport.write`` calls, two sends on the
+socket; on loopback each send is the TCP stack's whole trip, so at one
+client they were a quarter of the server's CPU per request (py-spy). The
+writes made in one turn of the event loop now go out together at its end.
+
 The timeout is read from the uvicorn ``Config`` object's ``read_timeout``
 attribute, set by `export.serve` (an attribute, not a subclass per value, so
 that ``--workers`` can pickle the config into its processes).
@@ -25,6 +31,34 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 __all__ = ["ReadTimeoutProtocol"]
 
 
+class _OneWritePerTurn:
+    """A transport whose writes in one turn of the event loop go out as one ``write``, at the end of the turn."""
+
+    def __init__(self, transport, loop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name):  # everything else is the transport's
+        return getattr(self._transport, name)
+
+
 class ReadTimeoutProtocol(HttpToolsProtocol):
     """`HttpToolsProtocol` with a deadline per request and for a new connection's first byte."""
 
@@ -34,7 +68,7 @@ class ReadTimeoutProtocol(HttpToolsProtocol):
         self._read_deadline = None
 
     def connection_made(self, transport) -> None:
-        super().connection_made(transport)
+        super().connection_made(_OneWritePerTurn(transport, self.loop))
         # uvicorn's own idle timer, which it arms only after a response;
         # its data_received cancels it at the first byte.
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)

@@ -178,3 +178,30 @@ def test_notify_ends_the_wait_when_an_arrival_fails(executor):
         return await asyncio.wait_for(first, 10)
 
     assert run(main()) == [2]
+
+
+def test_small_quick_calls_run_on_the_loop_and_slow_or_large_ones_on_the_executor(executor):
+    import time
+
+    from export.batching import INLINE_ROWS
+
+    def where(payloads):
+        return [threading.current_thread().name for _ in payloads]
+
+    def slow(payloads):
+        time.sleep(0.002)
+        return where(payloads)
+
+    async def main():
+        batcher = MicroBatcher(max_rows=100, max_delay=0, executor=executor)
+        quick = [await batcher.submit("q", [1], 1, where) for _ in range(5)]
+        large = await batcher.submit("l", list(range(INLINE_ROWS + 1)), INLINE_ROWS + 1, where)
+        other = MicroBatcher(max_rows=100, max_delay=0, executor=executor)
+        slowly = [await other.submit("s", [1], 1, slow) for _ in range(5)]
+        return quick, large, slowly
+
+    quick, large, slowly = run(main())
+    loop_thread = threading.current_thread().name
+    assert quick[0] != loop_thread and all(name == loop_thread for name in quick[1:])  # measured first, then inline
+    assert large != loop_thread
+    assert all(name != loop_thread for name in slowly)
