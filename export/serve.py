@@ -933,6 +933,19 @@ def create_app(settings: Settings) -> Starlette:
     return app
 
 
+def _announcing_server(config, announce):
+    """uvicorn's server, calling ``announce()`` once it serves: after the lifespan (the models' batchers, the
+    gRPC service) and the listening socket, so a client that reads the start line finds both protocols up."""
+
+    class Announcing(uvicorn.Server):
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                announce()
+
+    return Announcing(config)
+
+
 def app_from_environment() -> Starlette:
     """The app for a worker process of ``--workers`` > 1: settings from the environment."""
     data = json.loads(os.environ[_ENVIRONMENT])
@@ -1187,16 +1200,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     stopped = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda number, frame: stopped.setdefault("signal", signal.Signals(number).name))
-    log.info(
-        "serving %s on http://%s:%d%s (max batch %d, max delay %g ms, %d worker%s)",
-        names, host, port, grpc, settings.max_batch, settings.max_delay_ms, args.workers, "" if args.workers == 1 else "s",
-    )
+    def announce() -> None:
+        log.info(
+            "serving %s on http://%s:%d%s (max batch %d, max delay %g ms, %d worker%s)",
+            names, host, port, grpc, settings.max_batch, settings.max_delay_ms, args.workers, "" if args.workers == 1 else "s",
+        )
+
     started = time.monotonic()
     if args.workers == 1:
         config = uvicorn.Config(app, **common)
         config.read_timeout = args.timeout_read  # ReadTimeoutProtocol reads it here
-        uvicorn.Server(config).run(sockets=[sock])
-    else:
+        _announcing_server(config, announce).run(sockets=[sock])
+    else:  # announced at once: each worker starts its own models and gRPC server after this line
+        announce()
         from uvicorn.supervisors import Multiprocess
 
         for versions in registry.served.values():  # each worker loads its own
