@@ -100,18 +100,21 @@ class Scenario:
     client_cpu_ms: float
 
 
-def _request(model: str, texts: list[str]) -> bytes:
-    body = json.dumps(
-        {
-            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}],
-            "outputs": [{"name": "label"}, {"name": "probability"}],
-        }
-    ).encode()
+def _post_infer(model: str, message: dict) -> bytes:
+    """A whole HTTP/1.1 request posting the v2 JSON ``message`` to ``model``'s infer route."""
+    body = json.dumps(message).encode()
     head = (
         f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     return head + body
+
+
+def _request(model: str, texts: list[str]) -> bytes:
+    return _post_infer(model, {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}],
+        "outputs": [{"name": "label"}, {"name": "probability"}],
+    })
 
 
 async def _client(port: int, requests, stop_at: float, budget: list[int], latencies: list[float]) -> None:
@@ -238,17 +241,10 @@ class InProcess:
 
 def _ids_request(model: str, input_name: str, row: np.ndarray) -> bytes:
     """One row of int32 token ids as a v2 JSON request asking for ``probability``: what both servers of the peer comparison take."""
-    body = json.dumps(
-        {
-            "inputs": [{"name": input_name, "datatype": "INT32", "shape": [1, len(row)], "data": row.tolist()}],
-            "outputs": [{"name": "probability"}],
-        }
-    ).encode()
-    head = (
-        f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    return head + body
+    return _post_infer(model, {
+        "inputs": [{"name": input_name, "datatype": "INT32", "shape": [1, len(row)], "data": row.tolist()}],
+        "outputs": [{"name": "probability"}],
+    })
 
 
 def _tree_cpu_seconds(pid: int) -> float:
