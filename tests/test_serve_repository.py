@@ -306,3 +306,29 @@ def test_poll_swaps_a_new_version_in_under_load_and_refuses_a_broken_one(pairs, 
     assert answers[0] == "1" and answers[-1] == "2" and set(answers) == {"1", "2"}
     refused = [r.message for r in caplog.records if r.message.startswith("cannot load a")]
     assert len(refused) == 1 and "still serving version 2" in refused[0], refused
+
+
+def test_a_model_unloading_answers_unavailable_until_its_requests_are_done(pairs, tmp_path):
+    _model(tmp_path, "a", {1: pairs[0]})
+    feeds = pair_feeds(1, seed=7)
+    body = json.dumps({"inputs": [{"name": n, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()} for n, v in feeds.items()]}).encode()
+    with Served(repository=str(tmp_path), control_mode="explicit", load_models=("a",)) as served:
+        host, port = served.address.split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(f"POST /v2/models/a/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n\r\n".encode())
+            time.sleep(0.3)  # in flight on version 1, waiting for its body
+            unloading = threading.Thread(target=served.triton.unload_model, args=("a",))
+            unloading.start()
+            time.sleep(0.3)
+            assert unloading.is_alive()  # waits for the request in flight
+            refused = _infer(served.http, "a", feeds)
+            assert refused.status_code == 503 and refused.json() == {"error": "model 'a' is unloading"}
+            with pytest.raises(InferenceServerException) as caught:
+                served.grpc.infer("a", [grpcclient.InferInput("a", [1, 3], "FP32").set_data_from_numpy(feeds["a"]),
+                                        grpcclient.InferInput("b", [1, 2], "FP32").set_data_from_numpy(feeds["b"])])
+            assert caught.value.status() == "StatusCode.UNAVAILABLE"
+            sock.sendall(body)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        unloading.join(30)
+        assert not unloading.is_alive()
+        assert _infer(served.http, "a", feeds).status_code == 404
