@@ -430,6 +430,8 @@ class ServedModel:
 
 def _split(outputs: dict[str, np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
     """Cut every output at the row counts ``sizes``, in order."""
+    if len(sizes) == 1:  # a call of one request: nothing to cut
+        return [outputs]
     cuts = np.cumsum(sizes)[:-1]
     pieces = {name: np.split(value, cuts) for name, value in outputs.items()}
     return [{name: pieces[name][i] for name in outputs} for i in range(len(sizes))]
@@ -685,6 +687,7 @@ class _Metrics:
     def __init__(self) -> None:
         prometheus_client.disable_created_metrics()  # no *_created series: they only clutter the text
         self.registry = prometheus_client.CollectorRegistry()
+        self._series: dict[tuple, tuple] = {}
         self.requests = prometheus_client.Counter(
             "keras_attn_requests",
             "Model requests answered, by model, endpoint, protocol (http, grpc) and status (HTTP's, or gRPC's code).",
@@ -714,8 +717,12 @@ class _Metrics:
 
     def count(self, model: str, endpoint: str, protocol: str, status: str, started: float) -> None:
         """Count one answered request, and its time since ``started`` (`time.perf_counter`)."""
-        self.requests.labels(model, endpoint, protocol, status).inc()
-        self.latency.labels(model, endpoint, protocol).observe(time.perf_counter() - started)
+        key = (model, endpoint, protocol, status)
+        series = self._series.get(key)
+        if series is None:  # prometheus-client's labels() takes a lock and builds keys: once per series
+            series = self._series[key] = (self.requests.labels(*key), self.latency.labels(*key[:3]))
+        series[0].inc()
+        series[1].observe(time.perf_counter() - started)
 
 
 async def _body(request: Request, limit: int) -> bytes:
