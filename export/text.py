@@ -73,6 +73,21 @@ PAD_ID = 0
 OOV_ID = 1
 _FIRST_WORD_ID = 2
 
+# Looking up the words of many texts at once, in numpy (`TextEncoder._encode_many`):
+# a word's key is its bytes, zero padded to whole chunks of _CHUNK bytes and
+# read as little-endian uint64s (a kept byte is never 0, so two words share a
+# key only if they are the same word), found in a table of the vocabulary's
+# keys by slot. Below _MANY_TEXTS texts the fixed cost of its numpy calls
+# (about 40 us) is more than Python's dict takes on every word: 24 real
+# sentences took 76 us by dict and 57 by table, 16 took 35 and 87 (AMD
+# EPYC, load 1.3-2.4, 2026-12-03).
+_CHUNK = 8
+_CHUNK_MASKS = np.array([(1 << (8 * size)) - 1 for size in range(_CHUNK + 1)], dtype=np.uint64)
+#: Odd multiplier (2**64 / golden ratio) mixing a key's chunks; a slot is the top bits of the mix.
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_MANY_TEXTS = 32
+_SPACE = ord(" ")
+
 #: How `TextEncoder.tokens` shows an unknown word. The brackets cannot survive
 #: cleaning, so this marker never collides with a real vocabulary word.
 OOV_TOKEN = "[UNK]"
@@ -115,6 +130,7 @@ class TextEncoder:
         self._ids = {word: i for i, word in enumerate(self._vocabulary, _FIRST_WORD_ID)}
         self._byte_ids = {word.encode("ascii"): i for word, i in self._ids.items()}
         self._words = ("", OOV_TOKEN, *self._vocabulary)  # by id; "" is padding
+        self._build_table()
 
     @classmethod
     def fit(
@@ -175,31 +191,104 @@ class TextEncoder:
     def encode(self, texts: str | Iterable[str]) -> np.ndarray:
         """Encode texts into an int32 array of shape ``(len(texts), seq_len)``.
 
-        A single string is encoded as a batch of one.
+        A single string is encoded as a batch of one. Row ``i`` holds the ids
+        of ``tokenize(texts[i])[:seq_len]`` (`OOV_ID` for a word outside the
+        vocabulary), then `PAD_ID`.
         """
         texts = _as_texts(texts)
-        seq_len = self._seq_len
-        rows = np.zeros((len(texts), seq_len), dtype=np.int32)  # PAD_ID == 0
+        rows = np.zeros((len(texts), self._seq_len), dtype=np.int32)  # PAD_ID == 0
         if not texts:
             return rows
-        lookup = self._byte_ids.get
-        texts_words = [words.split() for words in _kept_bytes(texts).split(_ROW_END)]
-        if len(texts) == 1:
-            ids = list(map(lookup, texts_words[0][:seq_len], repeat(OOV_ID)))
-            rows[0, : len(ids)] = ids
+        kept = _kept_bytes(texts)
+        if len(texts) >= _MANY_TEXTS:
+            self._encode_many(kept, rows)
             return rows
-        # All ids in one list, written at once through a mask of the word
-        # positions: 0.34 ms for 1024 rows against 0.47 ms row by row and
-        # 0.94 ms for a list padded in Python.
-        flat: list[int] = []
-        lengths: list[int] = []
-        for words in texts_words:
-            ids = list(map(lookup, words[:seq_len], repeat(OOV_ID)))
-            flat += ids
-            lengths.append(len(ids))
-        if flat:
-            rows[np.arange(seq_len) < np.array(lengths)[:, None]] = np.array(flat, dtype=np.int32)
+        lookup, seq_len = self._byte_ids.get, self._seq_len
+        for i, words in enumerate(kept.split(_ROW_END) if len(texts) > 1 else (kept,)):  # one text: 0.4 us less
+            ids = list(map(lookup, words.split()[:seq_len], repeat(OOV_ID)))
+            rows[i, : len(ids)] = ids
         return rows
+
+    def _encode_many(self, kept: bytes, rows: np.ndarray) -> None:
+        """Write the ids of `_kept_bytes`'s ``kept`` into ``rows`` (zeros), without a Python step per text or word.
+
+        The runs of bytes other than spaces are the words, and `_ROW_END`
+        alone between two texts: a run's text is the number of `_ROW_END`
+        runs before it, its position the number of runs since the last one.
+        encode of 1024 real sentences: 0.68 ms, against 1.9 for a dict lookup
+        per word row by row (the model's own run takes about 3 ms; AMD EPYC,
+        load 1.2, 2026-12-03).
+        """
+        n, seq_len = rows.shape
+        kept += b" " * (self._chunks * _CHUNK)  # room for reading any word's last chunk
+        text = np.frombuffer(kept, np.uint8)
+        solid = np.zeros(text.size + 1, np.bool_)
+        np.not_equal(text, _SPACE, out=solid[1:])
+        edges = np.flatnonzero(solid[1:] != solid[:-1])  # text ends in spaces: starts and ends alternate
+        starts, ends = edges[0::2], edges[1::2]
+        row_ends = text[starts] == ord(_ROW_END)
+        row = np.cumsum(row_ends)
+        first = np.zeros(n, np.intp)  # each text's first run
+        first[1:] = np.flatnonzero(row_ends) + 1
+        position = np.arange(starts.size) - first[row]
+        words = (position < seq_len) & ~row_ends
+        starts, lengths = starts[words], ends[words] - starts[words]
+        rows[row[words], position[words]] = self._lookup(kept, starts, lengths)
+
+    def _build_table(self) -> None:
+        """The table `_lookup` reads: by slot, 0 or an entry (vocabulary index + 1) whose key's first slot it is.
+
+        A power of two of at least 4 slots per word, so that most words find
+        their slot empty (unknown) or holding their own key (known). Of two
+        words with one slot, the first keeps it; the other is found in the dict.
+        """
+        words = [word.encode("ascii") for word in self._vocabulary]
+        self._longest = max(map(len, words), default=0)
+        self._chunks = max(1, -(-self._longest // _CHUNK))
+        # _CHUNK_MASKS of each chunk by word length, for the lengths looked up (0 to longest).
+        self._masks = np.array([[_CHUNK_MASKS[min(max(size - _CHUNK * j, 0), _CHUNK)] for size in range(self._longest + 1)]
+                                for j in range(self._chunks)], dtype=np.uint64)
+        lengths = np.array([len(word) for word in words], dtype=np.intp)
+        starts = np.cumsum(lengths + 1) - lengths - 1
+        keys = self._word_keys(b" ".join(words) + b" " * (self._chunks * _CHUNK), starts, lengths)
+        self._entry_keys = [np.concatenate([np.zeros(1, np.uint64), key]) for key in keys]  # by entry; 0: none
+        self._slot_bits = max(1, (4 * len(words)).bit_length())
+        self._table = np.zeros(1 << self._slot_bits, dtype=np.int32)
+        entries = np.arange(1, len(words) + 1, dtype=np.int32)
+        self._table[_slots(keys, self._slot_bits)[::-1]] = entries[::-1]  # the last write wins: the first word
+
+    def _word_keys(self, kept: bytes, starts: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """The keys of the words of ``kept`` at ``starts`` with ``lengths`` (at most `_longest`), as `_chunks` uint64 arrays.
+
+        Chunk ``j`` of a word is its bytes ``8j`` to ``8j + 8``, zero padded,
+        read little-endian; ``kept`` must hold ``8 * _chunks`` bytes from every start.
+        """
+        at = np.ndarray((len(kept) - _CHUNK + 1,), dtype="<u8", buffer=kept, strides=(1,))  # 8 bytes from each offset
+        return [np.take(at, starts + _CHUNK * j) & masks[lengths] for j, masks in enumerate(self._masks)]
+
+    def _lookup(self, kept: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The id of each word of ``kept`` at ``starts`` with ``lengths``, from one probe of the table.
+
+        A word longer than every known word, or whose slot is empty, is
+        unknown; one whose slot holds its key is that entry; the others
+        (another word has their slot: about 2% of the words of real
+        sentences) are looked up in the dict.
+        """
+        ids = np.full(starts.size, OOV_ID, np.int32)
+        todo = np.flatnonzero(lengths <= self._longest)
+        starts, lengths = starts[todo], lengths[todo]
+        keys = self._word_keys(kept, starts, lengths)
+        entry = self._table[_slots(keys, self._slot_bits)]
+        same = entry != 0
+        for key, entry_keys in zip(keys, self._entry_keys):
+            same &= entry_keys[entry] == key
+        ids[todo[same]] = entry[same] + (_FIRST_WORD_ID - 1)
+        other = np.flatnonzero((entry != 0) & ~same)
+        if other.size:
+            lookup = self._byte_ids.get
+            ids[todo[other]] = [lookup(kept[start:start + length], OOV_ID)
+                                for start, length in zip(starts[other].tolist(), lengths[other].tolist())]
+        return ids
 
     def tokens(self, text: str) -> list[str]:
         """The words of ``text`` as the model sees them, for labelling attention maps.
@@ -308,6 +397,15 @@ def _kept_bytes(texts: list[str]) -> bytes:
     if _LOWERCASE:
         joined = joined.lower()
     return joined.encode("ascii", "replace").translate(_KEPT_BYTES)
+
+
+def _slots(keys: list[np.ndarray], bits: int) -> np.ndarray:
+    """Each key's first slot in a table of ``2**bits``: the top bits of its chunks mixed by `_MIX`."""
+    mixed = np.zeros_like(keys[0])
+    for key in keys:
+        mixed ^= key
+        mixed *= _MIX  # wraps modulo 2**64
+    return (mixed >> np.uint64(64 - bits)).astype(np.intp)
 
 
 def _as_texts(texts: str | Iterable[str]) -> list[str]:
