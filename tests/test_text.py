@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.text import CLEANING, OOV_TOKEN, TextEncoder
+from export.text import _ASCII_LOWERCASE, CLEANING, OOV_TOKEN, TextEncoder
 
 CORPUS = ["The cat sat.", "the CAT ran!", "a dog; the end"]
 # Counts: the 3, cat 2, then a/dog/end/ran/sat 1 each; the tie goes to "a".
@@ -245,6 +245,13 @@ def test_encode_is_the_documented_rule_then_lookup(texts, seq_len):
     rows = encoder.encode(texts)
     assert rows.dtype == np.int32 and rows.flags.c_contiguous
     np.testing.assert_array_equal(rows, expected)
+
+
+def test_ascii_lowercase_holds_every_character_whose_lowercase_has_ascii():
+    # encode lowercases A-Z in its byte map and only these before encoding to ASCII.
+    found = {char for char in map(chr, range(0x80, 0x110000)) if any(c.isascii() for c in char.lower())}
+    assert found == set(_ASCII_LOWERCASE)
+    assert all(lowered == char.lower() for char, lowered in _ASCII_LOWERCASE.items())
 
 
 def test_lowercasing_that_adds_characters_splits_like_the_rule():
