@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.text import _ASCII_LOWERCASE, CLEANING, OOV_TOKEN, TextEncoder
+from export.text import _ASCII_LOWERCASE, _MANY_TEXTS, CLEANING, OOV_TOKEN, TextEncoder
 
 CORPUS = ["The cat sat.", "the CAT ran!", "a dog; the end"]
 # Counts: the 3, cat 2, then a/dog/end/ran/sat 1 each; the tie goes to "a".
@@ -305,7 +305,8 @@ def vocabularies_and_texts(draw):
     """A vocabulary, and texts made of its words (in any case, glued to anything) and arbitrary Unicode."""
     vocabulary = draw(st.lists(VOCAB_WORDS, unique=True, max_size=60))
     known = st.sampled_from(vocabulary).flatmap(
-        lambda word: st.sampled_from([word, word.upper(), word.title(), word + "s", word[:-1], word * 2]))
+        lambda word: st.sampled_from([word, word.upper(), word.title(), word + "s", word[:-1], word * 2,
+                                      word[:-1] + ("y" if word.endswith("x") else "x")]))  # same length, last byte off
     piece = st.one_of(PIECES, known) if vocabulary else PIECES
     text = st.lists(piece, max_size=40).map("".join)
     long_text = st.tuples(text, st.integers(1, 3000)).map(lambda pair: pair[0] * pair[1])
@@ -318,12 +319,16 @@ def vocabularies_and_texts(draw):
 def test_encode_gives_the_reference_ids_on_any_unicode(case, seq_len):
     vocabulary, texts = case
     encoder = TextEncoder(vocabulary, seq_len=seq_len)
-    rows = encoder.encode(texts)
-    assert rows.dtype == np.int32 and rows.shape == (len(texts), seq_len) and rows.flags.c_contiguous
-    np.testing.assert_array_equal(rows, _reference_rows(vocabulary, seq_len, texts))
-    # Each text alone (the path for few texts) and in a large batch (numpy's) agree too.
-    for i, text in enumerate(texts[:5]):
-        np.testing.assert_array_equal(encoder.encode(text), rows[i : i + 1])
+    expected = _reference_rows(vocabulary, seq_len, texts)
+    # Fewer than _MANY_TEXTS texts are looked up in Python's dict, more in
+    # numpy's table: every example goes through both, and a text alone.
+    copies = 1 + _MANY_TEXTS // max(len(texts), 1)
+    for batch, want in ((texts, expected), (texts * copies, np.tile(expected, (copies, 1))), (texts[:1], expected[:1])):
+        rows = encoder.encode(batch)
+        assert rows.dtype == np.int32 and rows.shape == (len(batch), seq_len) and rows.flags.c_contiguous
+        np.testing.assert_array_equal(rows, want)
+    if texts:
+        np.testing.assert_array_equal(encoder.encode(texts[0]), expected[:1])
 
 
 def test_encode_finds_words_whose_slot_another_word_took():
@@ -334,3 +339,9 @@ def test_encode_finds_words_whose_slot_another_word_took():
     texts = [" ".join(vocabulary[i : i + 4]).upper() for i in range(0, len(vocabulary), 4)]
     np.testing.assert_array_equal(encoder.encode(texts), _reference_rows(vocabulary, 4, texts))
     assert (encoder.encode(texts)[:-1] != 1).all()  # every word known
+
+
+def test_encode_tells_apart_long_words_that_differ_after_their_first_8_bytes():
+    vocabulary = ["abcdefghij", "abcdefghijklmnopq", "abcdefgh"]
+    texts = ["abcdefghik abcdefghijklmnopr abcdefghijklmnopq abcdefghij abcdefgh abcdefgi"] * 40
+    np.testing.assert_array_equal(TextEncoder(vocabulary, seq_len=6).encode(texts), [[1, 1, 3, 2, 4, 1]] * 40)
