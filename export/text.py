@@ -242,10 +242,13 @@ class TextEncoder:
         row = np.cumsum(row_ends)
         first = np.zeros(n, np.intp)  # each text's first run
         first[1:] = np.flatnonzero(row_ends) + 1
-        position = np.arange(starts.size) - first[row]
+        position = np.arange(starts.size)
+        position -= first[row]
         words = np.flatnonzero((position < seq_len) & ~row_ends)
         starts = starts[words]
-        np.put(rows, (row * seq_len + position)[words], self._lookup(kept, starts, ends[words] - starts))
+        row *= seq_len
+        row += position  # each run's place in rows, flattened
+        np.put(rows, row[words], self._lookup(kept, starts, ends[words] - starts))
 
     def _build_table(self) -> None:
         """The vocabulary by entry (index + 1; entry 0 is no word) and the table of entries by slot that `_lookup` reads.
@@ -279,15 +282,20 @@ class TextEncoder:
         """
         at = np.ndarray((len(kept) - _CHUNK + 1,), dtype="<u8", buffer=kept, strides=(1,))  # 8 bytes from each offset
         # Indexing, not np.take, which copies all of ``at`` first (22 us at batch 1024, for 713 long words).
-        return at[starts + _CHUNK * j] & self._masks[j][np.minimum(lengths, self._longest)]
+        chunk = at[starts + _CHUNK * j] if j else at[starts]
+        chunk &= self._masks[j][np.minimum(lengths, self._longest)]
+        return chunk
 
     def _slots(self, heads: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The slots of words with first chunks ``heads`` and ``lengths``: the top bits of both mixed by `_MIX`.
 
         The length tells apart most words that begin with the same 8 bytes.
         """
-        mixed = (heads ^ lengths.astype(np.uint64)) * _MIX  # wraps modulo 2**64
-        return (mixed >> np.uint64(64 - self._slot_bits)).astype(np.intp)
+        mixed = lengths.astype(np.uint64)
+        mixed ^= heads
+        mixed *= _MIX  # wraps modulo 2**64
+        mixed >>= np.uint64(64 - self._slot_bits)
+        return mixed.view(np.intp)  # below 2**63
 
     def _lookup(self, kept: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The id of each word of ``kept`` at ``starts`` with ``lengths``, from one probe of the table.
