@@ -53,15 +53,15 @@ def _word_pattern(cleaning: dict) -> re.Pattern:
 _WORDS = _word_pattern(CLEANING)
 _LOWERCASE = CLEANING["lowercase"]
 
-# The words of many texts at once, in C: lowercase the texts joined by
-# _BREAK, encode to ASCII (any other character becomes "?", which is not
-# kept), map every byte the rule does not keep to a space and split. The
-# kept bytes are those `_WORDS` matches; _BREAK alone becomes _ROW_END, which
-# no text can contain after the encoding, so it marks where each text ends.
-# Lowercasing the joined texts gives the same words: the only context rule
-# of str.lower (final sigma) maps to non-ASCII letters either way. encode of
-# 1024 real sentences: 2.7 ms instead of 3.7 with findall on each text; one
-# sentence 4 us instead of 5 (AMD EPYC, load 0.7, 2026-12-03).
+# The words of many texts at once, in C: join the texts by _BREAK, lowercase,
+# encode to ASCII (any other character becomes "?", which is not kept), map
+# every byte the rule does not keep to a space and split. The kept bytes are
+# those `_WORDS` matches; _BREAK alone becomes _ROW_END, which no text can
+# contain after the encoding, so it marks where each text ends. Lowercasing
+# the joined texts gives the same words: the only context rule of str.lower
+# (final sigma) maps to non-ASCII letters either way. (bytes.split there
+# instead of a regex findall on each text: 1024 real sentences in 2.7 ms
+# instead of 3.7, before the lookup in numpy; AMD EPYC, load 0.7, 2026-12-03.)
 #
 # Only ASCII survives, so the lowercasing that matters is A-Z, done by the
 # byte map, and the non-ASCII characters whose lowercase holds ASCII, which
@@ -90,12 +90,12 @@ _FIRST_WORD_ID = 2
 # read as little-endian uint64s (a kept byte is never 0, so two words share a
 # key only if they are the same word), found in a table of the vocabulary's
 # keys by slot. Below _MANY_TEXTS texts the fixed cost of its numpy calls
-# (about 40 us) is more than Python's dict takes on every word: 24 real
-# sentences took 76 us by dict and 57 by table, 16 took 35 and 87 (AMD
-# EPYC, load 1.3-2.4, 2026-12-03).
+# (about 40 us) is more than Python's dict takes on every word: 32 real
+# sentences took 56 us by dict and 58 by table, 64 took 97 and 70, 256 took
+# 454 and 148 (AMD EPYC, load 1.0-1.4, 2026-12-03).
 _CHUNK = 8
 _CHUNK_MASKS = np.array([(1 << (8 * size)) - 1 for size in range(_CHUNK + 1)], dtype=np.uint64)
-#: Odd multiplier (2**64 / golden ratio) mixing a key's chunks; a slot is the top bits of the mix.
+#: Odd multiplier (2**64 / golden ratio) mixing a word's first chunk and length; its slot is the top bits of the mix.
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _MANY_TEXTS = 32
 _SPACE = ord(" ")
@@ -227,12 +227,12 @@ class TextEncoder:
         The runs of bytes other than spaces are the words, and `_ROW_END`
         alone between two texts: a run's text is the number of `_ROW_END`
         runs before it, its position the number of runs since the last one.
-        encode of 1024 real sentences: 0.53 ms, against 2.3 with a dict
+        encode of 1024 real sentences: 0.45 ms, against 2.3 with a dict
         lookup per word row by row (the model's own run takes about 3 ms;
-        AMD EPYC, load 1.8, 2026-12-03).
+        AMD EPYC, load 1.7, 2026-12-03).
         """
         n, seq_len = rows.shape
-        kept += b" " * (len(self._entry_keys) * _CHUNK)  # room for reading any known word's last chunk
+        kept += b" " * (len(self._entry_keys) * _CHUNK)  # room for `_chunk` to read 8 bytes from any chunk of a word
         text = np.frombuffer(kept, np.uint8)
         solid = np.zeros(text.size + 1, np.bool_)
         np.not_equal(text, _SPACE, out=solid[1:])
@@ -295,7 +295,7 @@ class TextEncoder:
         mixed ^= heads
         mixed *= _MIX  # wraps modulo 2**64
         mixed >>= np.uint64(64 - self._slot_bits)
-        return mixed.view(np.intp)  # below 2**63
+        return mixed.view(np.int64)  # below 2**63: the same values
 
     def _lookup(self, kept: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """The id of each word of ``kept`` at ``starts`` with ``lengths``, from one probe of the table.
