@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from export.text import CLEANING, OOV_TOKEN, TextEncoder
+from export.text import _ASCII_LOWERCASE, _MANY_TEXTS, CLEANING, OOV_TOKEN, TextEncoder
 
 CORPUS = ["The cat sat.", "the CAT ran!", "a dog; the end"]
 # Counts: the 3, cat 2, then a/dog/end/ran/sat 1 each; the tie goes to "a".
@@ -247,6 +247,13 @@ def test_encode_is_the_documented_rule_then_lookup(texts, seq_len):
     np.testing.assert_array_equal(rows, expected)
 
 
+def test_ascii_lowercase_holds_every_character_whose_lowercase_has_ascii():
+    # encode lowercases A-Z in its byte map and only these before encoding to ASCII.
+    found = {char for char in map(chr, range(0x80, 0x110000)) if any(c.isascii() for c in char.lower())}
+    assert found == set(_ASCII_LOWERCASE)
+    assert all(lowered == char.lower() for char, lowered in _ASCII_LOWERCASE.items())
+
+
 def test_lowercasing_that_adds_characters_splits_like_the_rule():
     # "İ".lower() is "i" + COMBINING DOT ABOVE, a separator; Kelvin sign lowers to "k".
     assert TextEncoder.tokenize("İSTANBUL Kelvin") == ["i", "stanbul", "kelvin"]
@@ -258,3 +265,83 @@ def test_lowercasing_that_adds_characters_splits_like_the_rule():
 def test_decode_of_an_encoded_row_gives_its_tokens(text):
     encoder = TextEncoder(["good", "bad", "phone"], seq_len=6)
     assert encoder.decode(encoder.encode(text)[0].tolist()) == encoder.tokens(text)
+
+
+# -- encode against a slow reference written from the documented rule ---------------
+#
+# The rule, as export/text.py's docstrings state it: lowercase, then every run
+# of characters other than a-z and 0-9 becomes a single space, then strip;
+# the words are what whitespace separates; word i of the vocabulary is id
+# i + 2, any other word 1; a row is the first seq_len ids, then 0s. The
+# reference below follows those sentences one by one, sharing no code with
+# export.text, so that a fast encoder cannot agree with it by construction.
+
+
+def _reference_rows(vocabulary, seq_len, texts):
+    ids = {word: i for i, word in enumerate(vocabulary, 2)}
+    rows = np.zeros((len(texts), seq_len), np.int32)
+    for r, text in enumerate(texts):
+        cleaned = re.sub("[^a-z0-9]+", " ", text.lower()).strip()
+        row = [ids.get(word, 1) for word in cleaned.split()][:seq_len]
+        rows[r, : len(row)] = row
+    return rows
+
+
+# Words of 1 to 25 kept characters: keys of one to four 8-byte chunks, and
+# prefixes of each other (word, words, wordsmith...) that share chunks.
+VOCAB_WORDS = st.from_regex(r"[a-z0-9]{1,25}", fullmatch=True)
+SCRIPTS = st.characters(codec="utf-8")  # any codepoint but a surrogate
+PIECES = st.one_of(
+    st.text(SCRIPTS),  # any script
+    st.text(" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0\u2000\u2028\u3000"),  # ASCII and Unicode whitespace
+    st.text("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~¡¿«»—…"),  # punctuation
+    st.text(st.characters(min_codepoint=0x370, max_codepoint=0x33FF)),  # Greek, Cyrillic, CJK, ...
+    TRICKY,
+)
+
+
+@st.composite
+def vocabularies_and_texts(draw):
+    """A vocabulary, and texts made of its words (in any case, glued to anything) and arbitrary Unicode."""
+    vocabulary = draw(st.lists(VOCAB_WORDS, unique=True, max_size=60))
+    known = st.sampled_from(vocabulary).flatmap(
+        lambda word: st.sampled_from([word, word.upper(), word.title(), word + "s", word[:-1], word * 2,
+                                      word[:-1] + ("y" if word.endswith("x") else "x")]))  # same length, last byte off
+    piece = st.one_of(PIECES, known) if vocabulary else PIECES
+    text = st.lists(piece, max_size=40).map("".join)
+    long_text = st.tuples(text, st.integers(1, 3000)).map(lambda pair: pair[0] * pair[1])
+    texts = draw(st.lists(st.one_of(text, text, text, long_text, st.just("")), max_size=80))
+    return vocabulary, texts
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=vocabularies_and_texts(), seq_len=st.integers(1, 50))
+def test_encode_gives_the_reference_ids_on_any_unicode(case, seq_len):
+    vocabulary, texts = case
+    encoder = TextEncoder(vocabulary, seq_len=seq_len)
+    expected = _reference_rows(vocabulary, seq_len, texts)
+    # Fewer than _MANY_TEXTS texts are looked up in Python's dict, more in
+    # numpy's table: every example goes through both, and a text alone.
+    copies = 1 + _MANY_TEXTS // max(len(texts), 1)
+    for batch, want in ((texts, expected), (texts * copies, np.tile(expected, (copies, 1))), (texts[:1], expected[:1])):
+        rows = encoder.encode(batch)
+        assert rows.dtype == np.int32 and rows.shape == (len(batch), seq_len) and rows.flags.c_contiguous
+        np.testing.assert_array_equal(rows, want)
+    if texts:
+        np.testing.assert_array_equal(encoder.encode(texts[0]), expected[:1])
+
+
+def test_encode_finds_words_whose_slot_another_word_took():
+    # 3000 words in a table of 16384 slots: hundreds share a slot with an
+    # earlier word, and are found through the dict; the table alone finds the rest.
+    vocabulary = [f"w{i}x{i * 7919 % 10007}" for i in range(3000)] + ["a" * 8, "b" * 16, "c" * 17]
+    encoder = TextEncoder(vocabulary, seq_len=4)
+    texts = [" ".join(vocabulary[i : i + 4]).upper() for i in range(0, len(vocabulary), 4)]
+    np.testing.assert_array_equal(encoder.encode(texts), _reference_rows(vocabulary, 4, texts))
+    assert (encoder.encode(texts)[:-1] != 1).all()  # every word known
+
+
+def test_encode_tells_apart_long_words_that_differ_after_their_first_8_bytes():
+    vocabulary = ["abcdefghij", "abcdefghijklmnopq", "abcdefgh"]
+    texts = ["abcdefghik abcdefghijklmnopr abcdefghijklmnopq abcdefghij abcdefgh abcdefgi"] * 40
+    np.testing.assert_array_equal(TextEncoder(vocabulary, seq_len=6).encode(texts), [[1, 1, 3, 2, 4, 1]] * 40)
