@@ -1041,14 +1041,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m export.serve",
         description=(
-            "Serve ONNX models over HTTP with the KServe v2 protocol (as Triton speaks it, binary\n"
-            "data included), KServe v1, Prometheus /metrics and a page at /. Each model is named\n"
-            "after its file's stem; a model exported with its text encoder also takes text.\n"
-            "Concurrent requests to a model are micro-batched into one onnxruntime call."
+            "Serve ONNX models with the KServe v2 protocol over HTTP and gRPC (as Triton speaks\n"
+            "them, binary data included), KServe v1, Prometheus /metrics and a page at /. Each model\n"
+            "file is named after its stem, or a Triton model repository gives names and versions;\n"
+            "a model exported with its text encoder also takes text. Concurrent requests to a model\n"
+            "are micro-batched into one onnxruntime call."
         ),
         epilog=(
             "examples:\n"
             "  python -m export.serve sentiment.onnx\n"
+            "  python -m export.serve --model-repository models --model-control-mode poll\n"
             "  curl -s localhost:8000/v2/models/sentiment/infer -d \\\n"
             "    '{\"inputs\": [{\"name\": \"text\", \"datatype\": \"BYTES\", \"shape\": [1], \"data\": [\"great film\"]}]}'\n"
             "  curl -s localhost:8000/v1/models/sentiment:predict -d '{\"instances\": [\"great film\"]}'"
@@ -1056,27 +1058,6 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("models", nargs="*", metavar="MODEL.onnx", help="the model files to serve (or --model-repository)")
-    repository = parser.add_argument_group("a Triton model repository (what python -m export.to_triton writes)")
-    repository.add_argument(
-        "--model-repository", metavar="REPO",
-        help="serve REPO/NAME/V/model.onnx with each REPO/NAME/config.pbtxt's version_policy, max_batch_size and dynamic_batching",
-    )
-    repository.add_argument(
-        "--model-control-mode", choices=CONTROL_MODES, default="none",
-        help=(
-            "none: every model at start; explicit: --load-model ones at start, then POST "
-            "/v2/repository/models/NAME/load and /unload; poll: every model at start, then the "
-            "repository's changes (default: none)"
-        ),
-    )
-    repository.add_argument(
-        "--load-model", action="append", default=[], metavar="NAME",
-        help="with explicit: a model to load at start; repeat it, or give '*' for all",
-    )
-    repository.add_argument(
-        "--repository-poll-secs", type=float, default=DEFAULT_POLL_SECONDS, metavar="S",
-        help=f"with poll: seconds between looks at the repository (default: {DEFAULT_POLL_SECONDS:g})",
-    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default: 8000)")
     parser.add_argument(
@@ -1124,6 +1105,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout-keep-alive", type=float, default=5.0, metavar="S",
         help="seconds an idle connection is kept open, new or between requests (default: 5)",
+    )
+    repository = parser.add_argument_group("a Triton model repository (what python -m export.to_triton writes)")
+    repository.add_argument(
+        "--model-repository", metavar="REPO",
+        help="serve REPO/NAME/V/model.onnx with each REPO/NAME/config.pbtxt's version_policy, max_batch_size and dynamic_batching",
+    )
+    repository.add_argument(
+        "--model-control-mode", choices=CONTROL_MODES, default="none",
+        help=(
+            "none: every model at start; explicit: --load-model ones at start, then POST "
+            "/v2/repository/models/NAME/load and /unload; poll: every model at start, then the "
+            "repository's changes (default: none)"
+        ),
+    )
+    repository.add_argument(
+        "--load-model", action="append", default=[], metavar="NAME",
+        help="with explicit: a model to load at start; repeat it, or give '*' for all",
+    )
+    repository.add_argument(
+        "--repository-poll-secs", type=float, default=DEFAULT_POLL_SECONDS, metavar="S",
+        help=f"with poll: seconds between looks at the repository (default: {DEFAULT_POLL_SECONDS:g})",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request on stderr")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

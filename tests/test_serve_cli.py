@@ -71,7 +71,8 @@ def test_help_names_every_option(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     for option in ("--host", "--port", "--max-batch", "--max-delay-ms", "--threads", "--max-body", "--workers",
-                   "--timeout-read", "--timeout-keep-alive"):
+                   "--timeout-read", "--timeout-keep-alive", "--grpc-port", "--no-grpc", "--model-repository",
+                   "--model-control-mode", "--load-model", "--repository-poll-secs"):
         assert option in out
 
 
