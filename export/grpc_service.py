@@ -1,7 +1,7 @@
 """`export.serve`'s gRPC side: the KServe v2 / Triton service ``inference.GRPCInferenceService``.
 
 What ``tritonclient.grpc`` and KServe's gRPC clients speak: ServerLive,
-ServerReady, ServerMetadata, ModelReady, ModelMetadata, ModelInfer (typed
+ServerReady, ServerMetadata, ModelReady, ModelMetadata, ModelConfig, ModelInfer (typed
 ``contents`` or ``raw_input_contents`` in; ``raw_output_contents`` out, as
 Triton answers) and the repository RPCs (RepositoryIndex,
 RepositoryModelLoad, RepositoryModelUnload). A request reaches the same
@@ -179,6 +179,16 @@ class _Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             name=data["name"], versions=data["versions"], platform=data["platform"],
             inputs=tensors(data["inputs"]), outputs=tensors(data["outputs"]),
         )
+
+    async def ModelConfig(self, request, context):
+        from google.protobuf import json_format
+        from tritonclient.grpc import model_config_pb2
+
+        try:
+            config = self.registry.get(request.name, request.version or None).triton_config()
+        except HTTPError as error:
+            await context.abort(*_status(error))
+        return pb.ModelConfigResponse(config=json_format.ParseDict(config, model_config_pb2.ModelConfig()))
 
     async def ModelInfer(self, request, context):
         started, model, status = time.perf_counter(), None, grpc.StatusCode.OK

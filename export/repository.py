@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ModelSource", "RepositoryError", "model_names", "read_model"]
+__all__ = ["ModelSource", "RepositoryError", "config_as_json", "model_names", "read_model"]
 
 _ONNX_PLATFORM = "onnxruntime_onnx"
 _ONNX_BACKEND = "onnxruntime"
@@ -53,6 +53,8 @@ class ModelSource:
             the config has no ``dynamic_batching`` (each request runs alone).
         stamp: the files' versions, names, sizes and modification times,
             and the config's: equal stamps mean nothing changed on disk.
+        config: the config as Triton gives it over HTTP (the protobuf's
+            JSON, field names as in the proto), its name filled in.
     """
 
     name: str
@@ -60,6 +62,7 @@ class ModelSource:
     max_batch_size: int
     max_delay_ms: float | None
     stamp: tuple
+    config: dict
 
 
 def model_names(repository: str | os.PathLike[str]) -> list[str]:
@@ -142,4 +145,36 @@ def read_model(repository: str | os.PathLike[str], name: str) -> ModelSource:
         _stat(config_path) if config_path.is_file() else None,
         tuple((version, _stat(path)) for version, path in files.items()),
     )
-    return ModelSource(name, files, config.max_batch_size, delay, stamp)
+    config.name, config.platform = name, _ONNX_PLATFORM
+    return ModelSource(name, files, config.max_batch_size, delay, stamp, config_as_json(config))
+
+
+def config_as_json(config) -> dict:
+    """A ``ModelConfig`` message as Triton's HTTP API gives it: protobuf's JSON, field names as in
+    the proto, and 64-bit integers as numbers (protobuf's JSON writes them as strings)."""
+    from google.protobuf import json_format
+
+    return _numbers(config.DESCRIPTOR, json_format.MessageToDict(config, preserving_proto_field_name=True))
+
+
+def _numbers(descriptor, data: dict) -> dict:
+    """``data`` (protobuf's JSON of a ``descriptor`` message) with its 64-bit integers as numbers."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    wide = (FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64)
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        repeated = isinstance(value, list)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            inner = field.message_type.fields_by_name["value"]
+            if inner.message_type is not None:
+                for item in value.values():
+                    _numbers(inner.message_type, item)
+        elif field.message_type is not None:
+            for item in value if repeated else [value]:
+                _numbers(field.message_type, item)
+        elif field.cpp_type in wide:
+            data[field.name] = [int(item) for item in value] if repeated else int(value)
+    return data

@@ -15,6 +15,7 @@ endpoints (each ``/v2/models/{name}`` route also as
 ``GET /v2``                                     server metadata
 ``GET /v2/models/{name}``                       inputs and outputs (datatypes, shapes, -1)
 ``GET /v2/models/{name}/ready``                 model readiness
+``GET /v2/models/{name}/config``                its Triton model config (the repository's, or as one)
 ``POST /v2/models/{name}/infer``                inference: JSON tensors or Triton binary data
 ``POST /v1/models/{name}:predict``              KServe v1: ``{"instances": [...]}``
 ``GET /v1/models/{name}``                       KServe v1 model status
@@ -226,6 +227,8 @@ class ServedModel:
         self.arriving = 0
         #: Requests being answered: a model swapped out is closed once none is left.
         self.in_flight = 0
+        #: Its repository config (`export.repository.ModelSource.config`); None for a file.
+        self.repository_config: dict | None = None
 
     # -- metadata -------------------------------------------------------------
 
@@ -234,6 +237,32 @@ class ServedModel:
         """Everything a request may ask for: the model's outputs, and ``label`` for a text model."""
         names = [spec.name for spec in self.outputs]
         return [*names, LABEL_OUTPUT] if self.classifier is not None else names
+
+    def triton_config(self) -> dict:
+        """Its Triton model config, as Triton gives it over HTTP: the repository's, or one made as a
+        repository would have it (the graph's tensors, dims without the batch axis, the batcher's rows)."""
+        if self.repository_config is not None:
+            return self.repository_config
+        skip = 1 if self._batched else 0
+
+        def tensors(specs) -> list[dict]:
+            typed = [(spec, _datatype(spec.dtype)) for spec in specs]
+            return [
+                {
+                    "name": spec.name,
+                    "data_type": "TYPE_" + ("STRING" if datatype == "BYTES" else datatype),
+                    "dims": [-1 if d is None else d for d in spec.shape[skip:]],
+                }
+                for spec, datatype in typed
+            ]
+
+        return {
+            "name": self.name,
+            "platform": "onnxruntime_onnx",
+            "max_batch_size": self.batcher.max_rows if self._batched else 0,
+            "input": tensors(self.inputs),
+            "output": tensors(self.outputs),
+        }
 
     def metadata(self) -> dict:
         """The v2 model metadata; a text model's also says how to send text."""
@@ -642,6 +671,7 @@ class ModelRegistry:
         try:
             for version, path in source.files.items():
                 model = ServedModel(path, threads=self.settings.threads, name=source.name, version=str(version))
+                model.repository_config = source.config
                 opened[str(version)] = self._open(model, source)
         except BaseException:
             for model in opened.values():
@@ -817,6 +847,10 @@ def create_app(settings: Settings) -> Starlette:
     async def model_metadata(request: Request, model: ServedModel) -> Response:
         return JSONResponse(registry.metadata(model))
 
+    @model_endpoint("config")
+    async def model_config(request: Request, model: ServedModel) -> Response:
+        return JSONResponse(model.triton_config())
+
     @model_endpoint("ready")
     async def model_ready(request: Request, model: ServedModel) -> Response:
         return JSONResponse({"name": model.name, "ready": True})
@@ -927,6 +961,7 @@ def create_app(settings: Settings) -> Starlette:
         routes += [
             Route(prefix, model_metadata),
             Route(prefix + "/ready", model_ready),
+            Route(prefix + "/config", model_config),
             Route(prefix + "/infer", infer, methods=["POST"]),
         ]
     routes.append(Route("/v1/models/{target}", v1_route, methods=["GET", "POST"]))

@@ -237,3 +237,20 @@ def test_readme_grpc_snippet_runs_against_our_server(servers):
         [sys.executable, "-c", block.replace("localhost:8001", servers[1])], capture_output=True, text=True, check=True
     ).stdout
     assert output.splitlines() == [line.split("# -> ", 1)[1] for line in block.splitlines() if "# -> " in line]
+
+
+def test_model_config_over_grpc_equals_http_and_the_graph(client, http):
+    from export.repository import config_as_json
+
+    config = http.get("/v2/models/pair/config").json()
+    assert config == config_as_json(client.get_model_config("pair").config)
+    assert config["name"] == "pair" and config["platform"] == "onnxruntime_onnx" and config["max_batch_size"] == 64
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [
+        ("a", "TYPE_FP32", [3]),
+        ("b", "TYPE_FP32", [2]),
+    ]
+    text = http.get("/v2/models/sentiment/config").json()
+    assert text["input"] == [{"name": "tokens", "data_type": "TYPE_INT32", "dims": [-1]}]
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_config("nope")
+    assert caught.value.status() == "StatusCode.NOT_FOUND"

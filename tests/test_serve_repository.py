@@ -137,6 +137,12 @@ def test_version_policy_and_versioned_routes(pairs, tmp_path, policy, served_ver
                 assert not served.grpc.is_model_ready("pair", version)
         newest = _infer(served.http, "pair", feeds)
         assert newest.json()["model_version"] == served_versions[-1]
+        config = served.http.get("/v2/models/pair/config").json()
+        message = served.grpc.get_model_config("pair").config  # the config.pbtxt as Triton reads it
+        assert config["name"] == message.name == "pair" and config["max_batch_size"] == message.max_batch_size == 8
+        assert message.HasField("version_policy") == bool(policy) == ("version_policy" in config)
+        if "specific" in policy:
+            assert config["version_policy"]["specific"]["versions"] == list(message.version_policy.specific.versions) == [1, 3]
 
 
 def _calls(http, model):
