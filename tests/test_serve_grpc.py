@@ -254,3 +254,44 @@ def test_model_config_over_grpc_equals_http_and_the_graph(client, http):
     with pytest.raises(InferenceServerException) as caught:
         client.get_model_config("nope")
     assert caught.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_sigterm_under_grpc_load_answers_what_it_took_and_exits_0(pair):
+    """4 gRPC clients loop; after SIGTERM every answer is right and each client is then refused, and the server exits 0.
+
+    An RPC that reaches the server as gRPC stops is refused with CANCELLED or UNAVAILABLE (grpcio's
+    choice, by how far the stop has got); both count as refused here, as a connection reset does for HTTP.
+    """
+    import signal
+    import threading
+
+    process, _ = start_server([str(pair), "--port", "0"])
+    feeds = pair_feeds(1)
+    answers, refused, wrong, stop = [], [], [], threading.Event()
+
+    def client():
+        with grpcclient.InferenceServerClient(process.grpc_address) as grpc_client:
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline and len(answers) < 100_000:
+                try:
+                    result = grpc_client.infer("pair", [_tensor(n, v, "FP32") for n, v in feeds.items()])
+                except InferenceServerException as error:
+                    refusal = error.status() in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED")
+                    (refused if refusal else wrong).append(f"{error.status()}: {error.message()}")
+                    return
+                answers.append(result.as_numpy("gate"))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    before = len(answers)
+    process.send_signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(60)
+    stop.set()
+    assert process.wait(30) == 0
+    assert before > 0 and wrong == [], wrong[:3]
+    assert len(refused) == 4  # each client's next RPC, once the server is gone
+    expected = Reference(pair).run(feeds)["gate"]
+    assert all(np.allclose(answer, expected, rtol=1e-5, atol=1e-6) for answer in answers)
