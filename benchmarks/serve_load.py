@@ -148,10 +148,13 @@ async def load_bodies(port: int, bodies: list[bytes], clients: int, seconds: flo
     return latencies, time.perf_counter() - started
 
 
+def _text_bodies(model: str, texts: list[str], sentences: int) -> list[bytes]:
+    return [_request(model, texts[i : i + sentences]) for i in range(0, len(texts) - sentences, max(sentences, 7))]
+
+
 async def load(port: int, model: str, texts: list[str], clients: int, sentences: int, seconds: float, max_requests: int):
     """``clients`` keep-alive clients sending ``sentences`` texts a request, for ``seconds`` or ``max_requests``: ``(latencies, seconds)``."""
-    bodies = [_request(model, texts[i : i + sentences]) for i in range(0, len(texts) - sentences, max(sentences, 7))]
-    return await load_bodies(port, bodies, clients, seconds, max_requests)
+    return await load_bodies(port, _text_bodies(model, texts, sentences), clients, seconds, max_requests)
 
 
 def _batch_totals(port: int, model: str) -> tuple[float, float]:
@@ -191,13 +194,9 @@ def measure(server: subprocess.Popen, port: int, model: str, texts: list[str], c
         ``(latencies, seconds, rows, calls, server CPU seconds, load
         generator CPU seconds)``: rows and model calls from the server's metrics.
     """
-    run_async(load(port, model, texts, clients, sentences, min(0.3, seconds), max_requests))
-    rows, calls = _batch_totals(port, model)
-    cpu, own = _cpu_seconds(server.pid), time.process_time()
-    latencies, elapsed = run_async(load(port, model, texts, clients, sentences, seconds, max_requests))
-    cpu, own = _cpu_seconds(server.pid) - cpu, time.process_time() - own
-    rows_after, calls_after = _batch_totals(port, model)
-    return latencies, elapsed, rows_after - rows, calls_after - calls, cpu, own
+    bodies = _text_bodies(model, texts, sentences)
+    return measure_peer(server.pid, port, bodies, clients, seconds=seconds, max_requests=max_requests,
+                        batch_totals=lambda: _batch_totals(port, model))
 
 
 def _scenario(clients: int, sentences: int, runs: list[tuple]) -> Scenario:
