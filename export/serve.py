@@ -755,14 +755,18 @@ class _Metrics:
         series[1].observe(time.perf_counter() - started)
 
 
+def _check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise HTTPError(413, f"the body has {size} bytes; this server takes at most {limit}")
+
+
 async def _body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit``."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise HTTPError(400, "Content-Length is not a number")
-        if int(declared) > limit:
-            raise HTTPError(413, f"the body has {int(declared)} bytes; this server takes at most {limit}")
+        _check_size(int(declared), limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -772,8 +776,83 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error_content(message: str) -> bytes:
+    return json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(_error_content(message), status_code=status, media_type="application/json")
+
+
+def _failure(error: Exception, what: str) -> tuple[int, str]:
+    """The status and one-line message answering a model request that raised ``error``; a bug is logged."""
+    if isinstance(error, HTTPError):
+        return error.status, one_line(error)
+    if isinstance(error, ProtocolError):
+        return 400, one_line(error)
+    # a bug or a runtime failure: keep serving
+    log.error("error answering %s", what, exc_info=error)
+    return 500, f"internal error: {one_line(error)}"
+
+
+#: The infer routes, as `create_app` routes them: name, and version if any.
+_INFER_PATH = re.compile(rb"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+
+
+class _DirectInfer:
+    """An infer request answered at the HTTP protocol without ASGI (`export.http_protocol.DirectRequest`).
+
+    Its model is found, and the request counted in flight and arriving, as
+    soon as its headers are read: the batcher then knows of every request the
+    event loop has read in a turn, not only of those whose turn to run came.
+
+    Args:
+        answer: ``answer(model, body, Inference-Header-Content-Length)``, the
+            infer route's work: ``(content, JSON length or None)``.
+    """
+
+    def __init__(self, registry: ModelRegistry, metrics: _Metrics, answer, name: str, version: str | None,
+                 json_length: str | None, max_body: int) -> None:
+        self._started = time.perf_counter()
+        self._metrics, self._answer, self._name = metrics, answer, name
+        self._json_length, self._max_body = json_length, max_body
+        self._model = self._arrival = self._error = None
+        try:
+            self._model = registry.get(name, version)
+        except HTTPError as error:
+            self._error = error
+        else:
+            self._model.in_flight += 1
+            self._arrival = _Arrival(self._model)
+
+    async def answer(self, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        model, status = self._model, 200
+        _ARRIVAL.set(self._arrival)
+        try:
+            if self._error is not None:
+                raise self._error
+            _check_size(len(body), self._max_body)
+            content, json_length = await self._answer(model, body, self._json_length)
+            if json_length is None:
+                headers = [(b"content-type", b"application/json")]
+            else:
+                headers = [(b"content-type", b"application/octet-stream"), (HEADER_LENGTH.encode(), b"%d" % json_length)]
+        except Exception as error:
+            status, message = _failure(error, f"POST /v2/models/{self._name}/infer")
+            headers, content = [(b"content-type", b"application/json")], _error_content(message)
+        finally:
+            self.abandon()
+        self._metrics.count(self._name if model is not None else "", "infer", "http", str(status), self._started)
+        return status, headers, content
+
+    def abandon(self) -> None:
+        """No longer arriving nor in flight (its answer is made, or it never will be)."""
+        if self._arrival is not None:
+            self._arrival.done()
+            self._arrival = None
+        if self._model is not None:
+            self._model.in_flight -= 1
+            self._model = None
 
 
 def _server_version() -> str:
@@ -822,15 +901,10 @@ def create_app(settings: Settings) -> Starlette:
                     arrival = _Arrival(model) if batched else None
                     _ARRIVAL.set(arrival)
                     response = await handler(request, model)
-                except HTTPError as error:
-                    response = _error(error.status, one_line(error))
-                except ProtocolError as error:
-                    response = _error(400, one_line(error))
                 except ClientDisconnect:
                     response = Response(status_code=499)
-                except Exception as error:  # a bug or a runtime failure: keep serving
-                    log.exception("error answering %s %s", request.method, request.url.path)
-                    response = _error(500, f"internal error: {one_line(error)}")
+                except Exception as error:
+                    response = _error(*_failure(error, f"{request.method} {request.url.path}"))
                 finally:
                     if arrival is not None:
                         arrival.done()
@@ -855,10 +929,9 @@ def create_app(settings: Settings) -> Starlette:
     async def model_ready(request: Request, model: ServedModel) -> Response:
         return JSONResponse({"name": model.name, "ready": True})
 
-    @model_endpoint("infer", batched=True)
-    async def infer(request: Request, model: ServedModel) -> Response:
-        body = await _body(request, settings.max_body)
-        header = request.headers.get(HEADER_LENGTH)
+    async def infer_content(model: ServedModel, body: bytes, header: str | None) -> tuple[bytes, int | None]:
+        """An infer request's answer from its body and its ``Inference-Header-Content-Length``: ``(content, the
+        length of its JSON part, None when it is all JSON)``."""
         if header is not None and not header.isdigit():
             raise HTTPError(400, f"{HEADER_LENGTH} is not a number")
         parsed = parse_infer_request(body, None if header is None else int(header))
@@ -867,12 +940,29 @@ def create_app(settings: Settings) -> Starlette:
             binary = set(outputs) if parsed.binary_output else set()
         else:
             binary = {output.name for output in parsed.outputs if output.binary or parsed.binary_output}
-        content, json_length = encode_infer_response(
-            model.name, outputs, request_id=parsed.id, binary=binary, model_version=model.version
-        )
+        return encode_infer_response(model.name, outputs, request_id=parsed.id, binary=binary, model_version=model.version)
+
+    @model_endpoint("infer", batched=True)
+    async def infer(request: Request, model: ServedModel) -> Response:
+        body = await _body(request, settings.max_body)
+        content, json_length = await infer_content(model, body, request.headers.get(HEADER_LENGTH))
         if json_length is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)})
+
+    header_length = HEADER_LENGTH.lower().encode()
+
+    def direct_route(method: bytes, path: bytes, headers: list[tuple[bytes, bytes]]) -> _DirectInfer | None:
+        """The infer request at ``path``, to answer without ASGI (`export.http_protocol`); None for any other."""
+        match = _INFER_PATH.fullmatch(path) if method == b"POST" else None
+        if match is None:
+            return None
+        try:
+            name, version = (None if part is None else part.decode() for part in match.groups())
+        except UnicodeDecodeError:
+            return None
+        json_length = next((value.decode("latin-1") for key, value in headers if key == header_length), None)
+        return _DirectInfer(registry, metrics, infer_content, name, version, json_length, settings.max_body)
 
     @model_endpoint("v1-metadata")
     async def v1_metadata(request: Request, model: ServedModel) -> Response:
@@ -972,6 +1062,7 @@ def create_app(settings: Settings) -> Starlette:
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.registry = registry
+    app.state.direct_route = direct_route
     return app
 
 

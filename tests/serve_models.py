@@ -114,13 +114,18 @@ def start_server(args, env=None):
 
 @contextlib.contextmanager
 def running_server(app):
-    """An ASGI app (`export.serve.create_app`) on uvicorn in a thread, on a free loopback port; yields "127.0.0.1:PORT"."""
+    """An ASGI app (`export.serve.create_app`) on uvicorn with export.serve's protocol, in a thread, on a free
+    loopback port; yields "127.0.0.1:PORT"."""
     import uvicorn
 
+    from export.http_protocol import ReadTimeoutProtocol
     from export.serve import listen
 
     sock = listen("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    # The protocol export.serve runs: infer requests take its direct path.
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", http=ReadTimeoutProtocol)
+    config.read_timeout = 30.0
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -377,6 +377,118 @@ def _connect(address):
     return socket.create_connection((host, int(port)), timeout=30)
 
 
+def _http_answers(connection) -> list[tuple[bytes, dict, bytes]]:
+    """Every response read from ``connection`` until the server closes it: (status line, headers, body)."""
+    data = b""
+    while chunk := connection.recv(65536):
+        data += chunk
+    answers = []
+    while data:
+        head, data = data.split(b"\r\n\r\n", 1)
+        status, *lines = head.split(b"\r\n")
+        headers = dict(line.lower().split(b": ", 1) for line in lines)
+        length = int(headers[b"content-length"])
+        answers.append((status, headers, data[:length]))
+        data = data[length:]
+    return answers
+
+
+def _post(path: str, body: bytes, *, chunked: bool = False, headers: str = "") -> bytes:
+    """A whole HTTP/1.1 POST: with Content-Length (export.serve's direct path) or chunked (through ASGI)."""
+    if chunked:
+        return (f"POST {path} HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n{headers}\r\n".encode()
+                + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+    return f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {len(body)}\r\n{headers}\r\n".encode() + body
+
+
+def _pair_body(rows: int, seed: int = 0, **extra) -> bytes:
+    feeds = pair_feeds(rows, seed)
+    return json.dumps({"inputs": [{"name": n, "datatype": "FP32", "shape": list(v.shape), "data": v.ravel().tolist()}
+                                  for n, v in feeds.items()], **extra}).encode()
+
+
+def test_infer_answers_are_the_same_without_asgi_and_through_it(server, refs):
+    # A request with a Content-Length is answered at the HTTP protocol; a chunked one goes through Starlette.
+    import tritonclient.http as client_module
+
+    tensor = client_module.InferInput("a", [2, 3], "FP32")
+    tensor.set_data_from_numpy(pair_feeds(2)["a"], binary_data=True)
+    other = client_module.InferInput("b", [2, 2], "FP32")
+    other.set_data_from_numpy(pair_feeds(2)["b"], binary_data=True)
+    binary, json_length = client_module.InferenceServerClient.generate_request_body([tensor, other])
+    cases = [
+        ("/v2/models/pair/infer", _pair_body(2, id="r-1"), ""),
+        ("/v2/models/pair/versions/1/infer", _pair_body(1, outputs=[{"name": "gate"}]), ""),
+        ("/v2/models/pair/infer", binary, f"inference-header-content-length: {json_length}\r\n"),
+        ("/v2/models/pair/infer", b"{not json", ""),
+        ("/v2/models/pair/infer", _pair_body(1, outputs=[{"name": "nope"}]), ""),
+        ("/v2/models/missing/infer", _pair_body(1), ""),
+        ("/v2/models/pair/versions/7/infer", _pair_body(1), ""),
+        ("/v2/models/pair/infer", binary, "inference-header-content-length: x\r\n"),
+    ]
+    answers = {}
+    for chunked in (False, True):
+        with _connect(server) as connection:
+            connection.sendall(b"".join(_post(path, body, chunked=chunked, headers=extra) for path, body, extra in cases)
+                               + _post("/v2/models/pair/infer", _pair_body(1), headers="connection: close\r\n"))
+            answers[chunked] = _http_answers(connection)
+    for direct, through_asgi in zip(answers[False], answers[True], strict=True):
+        assert direct[0] == through_asgi[0] and direct[2] == through_asgi[2]
+        for name in (b"content-type", b"inference-header-content-length"):
+            assert direct[1].get(name) == through_asgi[1].get(name)
+    statuses = [status.split()[1] for status, _, _ in answers[False]]
+    assert statuses == [b"200", b"200", b"200", b"400", b"400", b"404", b"404", b"400", b"200"]
+    first = json.loads(answers[False][0][2])
+    assert first["id"] == "r-1" and first["model_name"] == "pair"
+    expected = refs["pair"].run(pair_feeds(2))
+    for output in first["outputs"]:
+        np.testing.assert_allclose(np.array(output["data"]).reshape(output["shape"]), expected[output["name"]], rtol=1e-6)
+    assert answers[False][-1][1][b"connection"] == b"close"
+
+
+def test_pipelined_requests_are_answered_in_order_whichever_path_they_take(server, refs):
+    requests = [
+        _post("/v2/models/pair/infer", _pair_body(1, seed=1)),
+        b"GET /v2/models/pair HTTP/1.1\r\nhost: x\r\n\r\n",
+        _post("/v2/models/pair/infer", _pair_body(3, seed=2), chunked=True),
+        _post("/v2/models/pair/infer", _pair_body(2, seed=3), headers="connection: close\r\n"),
+    ]
+    with _connect(server) as connection:
+        connection.sendall(b"".join(requests))
+        answers = _http_answers(connection)
+    assert [status.split()[1] for status, _, _ in answers] == [b"200"] * 4
+    assert json.loads(answers[1][2])["name"] == "pair"
+    for (_, _, body), (rows, seed) in zip([answers[0], answers[2], answers[3]], [(1, 1), (3, 2), (2, 3)]):
+        expected = refs["pair"].run(pair_feeds(rows, seed))
+        for output in json.loads(body)["outputs"]:
+            np.testing.assert_allclose(np.array(output["data"]).reshape(output["shape"]), expected[output["name"]], rtol=1e-6)
+
+
+def test_requests_cut_before_their_body_leave_no_one_waiting(pair):
+    # A request counts as arriving from its headers on, and the batcher holds a request back while others
+    # arrive: one whose connection goes mid-body must stop counting, or every later request would wait.
+    process, address = start_server([str(pair), "--port", "0", "--max-delay-ms", "3000", "--no-grpc"])
+    try:
+        body = _pair_body(1)
+        for pipelined in (b"", _post("/v2/models/pair/infer", body)):
+            for _ in range(3):
+                with _connect(address) as connection:
+                    connection.sendall(pipelined + _post("/v2/models/pair/infer", body)[:-5])
+                    if pipelined:
+                        assert connection.recv(65536).startswith(b"HTTP/1.1 200 ")
+        time.sleep(0.2)
+        with httpx.Client(base_url=f"http://{address}", timeout=30) as client:
+            for _ in range(3):
+                started = time.perf_counter()
+                assert client.post("/v2/models/pair/infer", content=body).status_code == 200
+                assert time.perf_counter() - started < 1.0  # not the 3 s a lone request would wait for a ghost
+        with httpx.Client(base_url=f"http://{address}", timeout=30) as client:
+            assert client.post("/v2/models/pair/infer", content=b"x" * 100, headers={"content-length": "100"}).status_code == 400
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_a_trickling_client_is_cut_and_stalls_no_one(pair):
     # uvicorn alone has no read timeout: a client sending a byte a second held its connection forever.
     process, address = start_server([str(pair), "--port", "0", "--timeout-read", "2", "--timeout-keep-alive", "1"])
