@@ -30,7 +30,11 @@ MLServer runtime opens it.
 
 Our server also takes the same rows over gRPC (serialized ModelInferRequests
 with raw contents, as ``tritonclient.grpc`` sends them, from ``grpc.aio``
-calls on one channel).
+calls on one channel). Beside them run two floors (`benchmarks.bare_servers`):
+a bare httptools server and a bare grpc.aio server, each answering the same
+rows with one ``session.run`` and nothing else, so that the report can say
+what a target is bounded by: the floor's own CPU per request at 1 client,
+and the bare gRPC server's requests/s against the bare HTTP server's.
 
 Goals: 8 clients x 64 sentences reach >= 0.5x the in-process batch-64
 sentences/s (HTTP and JSON cost less than half). Issue 20's targets: >= 2x
@@ -83,6 +87,8 @@ OURS = "export.serve"
 OURS_GRPC = "export.serve, gRPC"
 MLSERVER_BATCHING = "MLServer, adaptive batching"
 MLSERVER_PLAIN = "MLServer, no batching"
+BARE_HTTP = "floor: bare httptools + session.run"
+BARE_GRPC = "floor: bare grpc.aio + session.run"
 
 
 @dataclass
@@ -333,15 +339,10 @@ class OneRow:
     """
 
     def __init__(self, model_path: Path, ids: np.ndarray) -> None:
-        import onnxruntime
-
+        from benchmarks.bare_servers import open_like_mlserver
         from export.runtime import TextClassifier
 
-        options = onnxruntime.SessionOptions()  # as benchmarks/mlserver_onnx.py's load()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = open_like_mlserver(model_path)
         self.input_name = self.session.get_inputs()[0].name
         self.classifier = TextClassifier(model_path)
         self.rows = [ids[i : i + 1] for i in range(min(len(ids), 2000))]  # the rows the clients send
@@ -381,6 +382,17 @@ def start_server(model_path: Path, extra: list[str]) -> tuple[subprocess.Popen, 
         raise RuntimeError(f"the server did not start: {line}{process.stderr.read()}")
     process.grpc_port = int(line.split("grpc://")[1].split()[0].rsplit(":", 1)[1]) if "grpc://" in line else None
     return process, int(line.split("http://")[1].split()[0].rsplit(":", 1)[1])
+
+
+def start_bare(protocol: str, model_path: Path) -> tuple[subprocess.Popen, int]:
+    """A `benchmarks.bare_servers` floor (``http`` or ``grpc``) on a free loopback port: ``(process, port)``."""
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.bare_servers", protocol, str(model_path)],
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+    line = process.stderr.readline()
+    if not line.startswith("listening on "):
+        process.kill()
+        raise RuntimeError(f"the bare {protocol} server did not start: {line}{process.stderr.read()}")
+    return process, int(line.rsplit(":", 1)[1])
 
 
 def export_bundled(folder: Path) -> Path:
@@ -454,18 +466,21 @@ def _peer_targets(peers: dict, speedups: dict, one_row: list[dict]) -> list[dict
             "status": _status(ratio >= GOAL_PEER_SPEEDUP and ours.p99_ms <= theirs.p99_ms),
         })
     if OURS_GRPC in peers:
-        ratio = float(np.median(speedups[OURS_GRPC, 64])) ** -1 if (OURS_GRPC, 64) in speedups else None
+        ratio = float(np.median(speedups[OURS_GRPC, 64])) ** -1
+        # The floors' own ratio: the bare grpc.aio server's requests/s over the bare httptools server's.
+        floors = float(np.median(speedups[BARE_HTTP, 64]) / np.median(speedups[BARE_GRPC, 64]))
         targets.append({
             "name": f"gRPC requests/s >= {GOAL_GRPC_VS_HTTP:g}x our HTTP/JSON at 64 clients", "clients": 64, "grpc": True,
             "value": ratio, "rounds": [1 / x for x in speedups[OURS_GRPC, 64]], "goal": GOAL_GRPC_VS_HTTP,
-            "status": _status(ratio >= GOAL_GRPC_VS_HTTP),
+            "floors_grpc_vs_http": floors, "status": _status(ratio >= GOAL_GRPC_VS_HTTP),
         })
     call_cpu = float(np.median([r["session_run_cpu_ms"] for r in one_row]))
     cpu_ratio = peers[OURS][1].server_cpu_ms / call_cpu
     targets.append({
         "name": f"server CPU per request at 1 client <= {GOAL_CPU_VS_CALL:g}x the in-process session.run",
         "value": cpu_ratio, "goal": GOAL_CPU_VS_CALL, "server_cpu_ms": peers[OURS][1].server_cpu_ms,
-        "in_process_cpu_ms": call_cpu, "status": _status(cpu_ratio <= GOAL_CPU_VS_CALL),
+        "in_process_cpu_ms": call_cpu, "floor_cpu_ms": peers[BARE_HTTP][1].server_cpu_ms,
+        "status": _status(cpu_ratio <= GOAL_CPU_VS_CALL),
     })
     return targets
 
@@ -496,14 +511,16 @@ def _peer_report(peers: dict, one_row: list[dict], targets: list[dict], mlserver
         elif "grpc" in t:
             rounds = ", ".join(f"{v:.2f}" for v in t["rounds"])
             lines.append(f"64 clients, requests/s over gRPC (raw contents) vs HTTP/JSON: {t['value']:.2f}x (rounds: {rounds}; "
-                         f"goal >= {t['goal']:g}x): {t['status']}")
+                         f"goal >= {t['goal']:g}x): {t['status']}; the floors, bare gRPC vs bare HTTP: "
+                         f"{t['floors_grpc_vs_http']:.2f}x")
         elif "best" in t:
             rounds = ", ".join(f"{v:.2f}" for v in t["rounds"])
             lines.append(f"{t['clients']} client{'s' if t['clients'] > 1 else ''}, requests/s vs {t['best']}: {t['value']:.2f}x (rounds: {rounds}), p99 "
                          f"{t['p99_ms']:.2f} ms vs {t['peer_p99_ms']:.2f} ms (goal >= {t['goal']:g}x at a p99 no higher): {t['status']}")
         else:
             lines.append(f"server CPU per request at 1 client / in-process session.run CPU: {t['value']:.1f}x "
-                         f"({t['server_cpu_ms']:.3f} ms vs {t['in_process_cpu_ms']:.3f} ms; goal <= {t['goal']:g}x): {t['status']}")
+                         f"({t['server_cpu_ms']:.3f} ms vs {t['in_process_cpu_ms']:.3f} ms; goal <= {t['goal']:g}x): {t['status']}; "
+                         f"the bare HTTP floor: {t['floor_cpu_ms'] / t['in_process_cpu_ms']:.1f}x ({t['floor_cpu_ms']:.3f} ms)")
     return lines
 
 
@@ -563,6 +580,10 @@ def main(argv=None) -> int:
             OURS: (process.pid, port, lambda: _batch_totals(port, model), load_bodies, bodies),
             OURS_GRPC: (process.pid, process.grpc_port, lambda: _batch_totals(port, model), load_grpc, grpc_bodies),
         }
+        for name, protocol, loader, requests in ((BARE_HTTP, "http", load_bodies, bodies), (BARE_GRPC, "grpc", load_grpc, grpc_bodies)):
+            bare, bare_port = start_bare(protocol, model_path)
+            stack.callback(_stop, bare)
+            servers[name] = (bare.pid, bare_port, None, loader, requests)
         if mlserver:
             from benchmarks.mlserver_peer import MLServer
 

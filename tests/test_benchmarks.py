@@ -201,14 +201,15 @@ def test_serve_load_beside_mlserver(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())
-    ours = {"export.serve", "export.serve, gRPC"}
+    ours = {"export.serve", "export.serve, gRPC", "floor: bare httptools + session.run", "floor: bare grpc.aio + session.run"}
     servers = ours | {"MLServer, adaptive batching", "MLServer, no batching"} if with_mlserver else ours
     assert set(results["peers"]) == servers
-    for by_clients in results["peers"].values():
+    for name, by_clients in results["peers"].items():
         assert set(by_clients) == {"1", "8", "64"}
         for figures in by_clients.values():
             assert 0 < figures["requests"] <= 100 and figures["p99_ms"] >= figures["p50_ms"] > 0
-            assert figures["server_cpu_ms"] > 0
+            # /proc counts CPU in 10 ms ticks: a floor's 100 requests may fit in less than one.
+            assert figures["server_cpu_ms"] >= 0 if name.startswith("floor: ") else figures["server_cpu_ms"] > 0
     assert results["peers"]["export.serve"]["64"]["rows_per_call"] >= 1  # from our server's metrics
     assert all(r["session_run_ms"] > 0 and r["session_run_cpu_ms"] > 0 for r in results["in_process_one_row"])
     statuses = [t["status"] for t in results["targets"]]
@@ -217,6 +218,10 @@ def test_serve_load_beside_mlserver(tmp_path):
     assert "| export.serve | 64 |" in done.stdout and "| export.serve, gRPC | 64 |" in done.stdout
     assert "64 clients, requests/s over gRPC (raw contents) vs HTTP/JSON" in done.stdout
     assert "server CPU per request at 1 client / in-process session.run CPU" in done.stdout
+    # What bounds those two: the floors' own figures, beside the targets.
+    assert "the floors, bare gRPC vs bare HTTP: " in done.stdout and "the bare HTTP floor: " in done.stdout
+    cpu_target = results["targets"][-1]
+    assert cpu_target["floor_cpu_ms"] >= 0 and results["targets"][-2]["floors_grpc_vs_http"] > 0
     assert ("| MLServer, adaptive batching | 1 |" in done.stdout) == with_mlserver
     assert (results["mlserver"] is not None) == with_mlserver
 
@@ -233,3 +238,32 @@ def test_serve_load_help(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "is not a virtual environment with MLServer in it" in bad.stderr
     assert "Traceback" not in bad.stderr and [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_the_bare_servers_answer_what_a_session_gives(tmp_path_factory):
+    """The floors of the peer comparison answer each request with the model's own probability, over HTTP and gRPC."""
+    import numpy as np
+    import onnxruntime as ort
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from serve_models import sentiment_onnx
+
+    from benchmarks.serve_load import start_bare
+
+    model = sentiment_onnx(tmp_path_factory)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    ids = np.array([[5, 17, 230, 41, 9, 12] + [0] * 34], dtype=np.int32)
+    expected = session.run(["probability"], {feed: ids})[0]
+    for protocol, client_module in (("http", httpclient), ("grpc", grpcclient)):
+        process, port = start_bare(protocol, model)
+        json_only = {"binary_data": False} if protocol == "http" else {}  # v2 JSON, what serve_load sends
+        try:
+            tensor = client_module.InferInput(feed, list(ids.shape), "INT32")
+            tensor.set_data_from_numpy(ids, **json_only)
+            with client_module.InferenceServerClient(f"127.0.0.1:{port}") as client:
+                result = client.infer(model.stem, [tensor], outputs=[client_module.InferRequestedOutput("probability", **json_only)])
+            np.testing.assert_allclose(result.as_numpy("probability"), expected, rtol=1e-6)
+        finally:
+            process.terminate()
+            assert process.wait(30) == 0
