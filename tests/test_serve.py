@@ -532,11 +532,14 @@ def test_access_log_on_request(pair):
     process, address = start_server([str(pair), "--port", "0", "--access-log"])
     try:
         assert httpx.get(f"http://{address}/v2/health/live", timeout=30).status_code == 200
+        # An infer request is logged too: with the access log on, it goes through ASGI like any other.
+        assert httpx.post(f"http://{address}/v2/models/pair/infer", content=_pair_body(1), timeout=30).status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
         err = process.stderr.read()
         assert '"GET /v2/health/live HTTP/1.1" 200' in err and err.rstrip().endswith(" s"), err
-        assert err.count("\n") == 2  # the access line and the stop line
+        assert '"POST /v2/models/pair/infer HTTP/1.1" 200' in err, err
+        assert err.count("\n") == 3  # the two access lines and the stop line
     finally:
         process.kill()
         process.wait()
