@@ -195,7 +195,7 @@ def test_serve_load_beside_mlserver(tmp_path):
     with_mlserver = is_venv(DEFAULT_VENV)
     out = tmp_path / "serve_load.json"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.serve_load", "--seconds", "0.2", "--rounds", "1", "--max-requests", "100",
+        [sys.executable, "-m", "benchmarks.serve_load", "--seconds", "0.2", "--rounds", "1", "--max-requests", "300",
          "--json", str(out), *([] if with_mlserver else ["--no-mlserver"])],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )
@@ -204,12 +204,13 @@ def test_serve_load_beside_mlserver(tmp_path):
     ours = {"export.serve", "export.serve, gRPC", "floor: bare httptools + session.run", "floor: bare grpc.aio + session.run"}
     servers = ours | {"MLServer, adaptive batching", "MLServer, no batching"} if with_mlserver else ours
     assert set(results["peers"]) == servers
-    for name, by_clients in results["peers"].items():
+    for by_clients in results["peers"].values():
         assert set(by_clients) == {"1", "8", "64"}
         for figures in by_clients.values():
-            assert 0 < figures["requests"] <= 100 and figures["p99_ms"] >= figures["p50_ms"] > 0
-            # /proc counts CPU in 10 ms ticks: a floor's 100 requests may fit in less than one.
-            assert figures["server_cpu_ms"] >= 0 if name.startswith("floor: ") else figures["server_cpu_ms"] > 0
+            assert 0 < figures["requests"] <= 300 and figures["p99_ms"] >= figures["p50_ms"] > 0
+            assert figures["server_cpu_ms"] >= 0
+        # /proc counts CPU in 10 ms ticks, which 300 quick requests may not fill; 900 do.
+        assert sum(figures["server_cpu_ms"] for figures in by_clients.values()) > 0
     assert results["peers"]["export.serve"]["64"]["rows_per_call"] >= 1  # from our server's metrics
     assert all(r["session_run_ms"] > 0 and r["session_run_cpu_ms"] > 0 for r in results["in_process_one_row"])
     statuses = [t["status"] for t in results["targets"]]

@@ -18,6 +18,12 @@ from test_export_support import ROOT as REPO
 
 # A Ray cluster of this machine only, on loopback (read when Ray is first imported).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# No usage stats: nothing tries to reach the network, and Ray Data starts no metrics poller, a
+# thread that outlives ray.shutdown and logs a traceback every 10 s once the cluster is gone;
+# Python 3.11's traceback carets parse source with ast, and an ast.parse in another thread at
+# the same moment can fail with "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905): it once did in pytest's own report of a later test.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 pytestmark = pytest.mark.slow  # clusters, sessions and processes of their own
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
