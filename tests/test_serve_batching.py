@@ -205,3 +205,32 @@ def test_small_quick_calls_run_on_the_loop_and_slow_or_large_ones_on_the_executo
     assert quick[0] != loop_thread and all(name == loop_thread for name in quick[1:])  # measured first, then inline
     assert large != loop_thread
     assert all(name != loop_thread for name in slowly)
+
+
+def test_a_lone_quick_job_runs_in_submit_and_one_with_others_arriving_waits_for_them(executor):
+    arriving = [0]
+    calls = []
+
+    def record(payloads):
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # on the executor's thread
+            task = None
+        calls.append((task, len(payloads)))
+        return [p * 2 for p in payloads]
+
+    async def main():
+        batcher = MicroBatcher(max_rows=10, max_delay=30, executor=executor, arriving=lambda: arriving[0])
+        await batcher.submit("k", 1, 1, record)  # measured first, on the executor
+        lone = await batcher.submit("k", 2, 1, record)
+        assert calls[-1] == (asyncio.current_task(), 1)  # run by the submitting task itself, not a worker
+        arriving[0] = 1  # another request is being received: the next one waits for it
+        first = asyncio.ensure_future(batcher.submit("k", 3, 1, record))
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        arriving[0] = 0
+        second = await batcher.submit("k", 4, 1, record)
+        return lone, await first, second
+
+    assert run(main()) == (4, 6, 8)
+    assert calls[-1][1] == 2 and calls[-1][0] is not None  # the waiting one and the late one shared a call, on the loop
