@@ -24,6 +24,7 @@ import asyncio
 import json
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime
@@ -42,17 +43,13 @@ def open_like_mlserver(path: str) -> onnxruntime.InferenceSession:
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _probability(session: onnxruntime.InferenceSession, ids: np.ndarray) -> np.ndarray:
-    return session.run(["probability"], {session.get_inputs()[0].name: ids})[0]
-
-
 class _BareHttp(asyncio.Protocol):
     """HTTP/1.1 keep-alive: parse with httptools, answer each request when its body is whole."""
 
-    def __init__(self, session: onnxruntime.InferenceSession, model: str) -> None:
+    def __init__(self, probability, model: str) -> None:
         import httptools
 
-        self._session, self._model = session, model
+        self._probability, self._model = probability, model
         self._parser = httptools.HttpRequestParser(self)
         self._body: list[bytes] = []
 
@@ -72,7 +69,7 @@ class _BareHttp(asyncio.Protocol):
         tensor = json.loads(b"".join(self._body))["inputs"][0]
         self._body.clear()
         ids = np.asarray(tensor["data"], dtype=np.int32).reshape(tensor["shape"])
-        probability = _probability(self._session, ids)
+        probability = self._probability(ids)
         content = json.dumps({"model_name": self._model, "outputs": [{
             "name": "probability", "datatype": "FP32", "shape": list(probability.shape), "data": probability.ravel().tolist(),
         }]}).encode()
@@ -80,24 +77,24 @@ class _BareHttp(asyncio.Protocol):
                               % (len(content), content))
 
 
-async def _serve_http(session, model: str, port: int, stop: asyncio.Event) -> None:
-    server = await asyncio.get_running_loop().create_server(lambda: _BareHttp(session, model), "127.0.0.1", port)
+async def _serve_http(probability, model: str, port: int, stop: asyncio.Event) -> None:
+    server = await asyncio.get_running_loop().create_server(lambda: _BareHttp(probability, model), "127.0.0.1", port)
     print(f"listening on 127.0.0.1:{server.sockets[0].getsockname()[1]}", file=sys.stderr, flush=True)
     async with server:
         await stop.wait()
 
 
-async def _serve_grpc(session, model: str, port: int, stop: asyncio.Event) -> None:
+async def _serve_grpc(probability, model: str, port: int, stop: asyncio.Event) -> None:
     import grpc
     from tritonclient.grpc import service_pb2
 
     async def model_infer(request, context):
         tensor = request.inputs[0]
         ids = np.frombuffer(request.raw_input_contents[0], dtype="<i4").reshape(tuple(tensor.shape))
-        probability = _probability(session, ids)
+        scores = probability(ids)
         response = service_pb2.ModelInferResponse(model_name=model)
-        response.outputs.add(name="probability", datatype="FP32", shape=list(probability.shape))
-        response.raw_output_contents.append(probability.astype("<f4").tobytes())
+        response.outputs.add(name="probability", datatype="FP32", shape=list(scores.shape))
+        response.raw_output_contents.append(scores.astype("<f4").tobytes())
         return response
 
     handler = grpc.unary_unary_rpc_method_handler(
@@ -121,12 +118,16 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=0, help="the loopback port (default: 0, a free one)")
     args = parser.parse_args(argv)
     session = open_like_mlserver(args.model)
-    model = args.model.rsplit("/", 1)[-1].removesuffix(".onnx")
+    feed = session.get_inputs()[0].name
+    model = Path(args.model).stem
+
+    def probability(ids: np.ndarray) -> np.ndarray:
+        return session.run(["probability"], {feed: ids})[0]
 
     async def serve() -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await (_serve_http if args.protocol == "http" else _serve_grpc)(session, model, args.port, stop)
+        await (_serve_http if args.protocol == "http" else _serve_grpc)(probability, model, args.port, stop)
 
     try:
         import uvloop

@@ -38,6 +38,7 @@ that ``--workers`` can pickle the config into its processes).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Protocol
 
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
@@ -49,7 +50,7 @@ __all__ = ["DirectRequest", "ReadTimeoutProtocol"]
 class DirectRequest(Protocol):
     """A request the app answers without ASGI, from its headers on (``state.direct_route`` returns it)."""
 
-    async def answer(self, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def answer(self, body: bytes) -> tuple[int, Sequence[tuple[bytes, bytes]], bytes]:
         """``(status, headers, content)`` for the whole body; raises nothing."""
 
     def abandon(self) -> None:

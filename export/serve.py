@@ -797,6 +797,9 @@ def _failure(error: Exception, what: str) -> tuple[int, str]:
 
 #: The infer routes, as `create_app` routes them: name, and version if any.
 _INFER_PATH = re.compile(rb"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
+_JSON_HEADERS = ((b"content-type", b"application/json"),)
+_BINARY_CONTENT_TYPE = (b"content-type", b"application/octet-stream")
+_HEADER_LENGTH_NAME = HEADER_LENGTH.encode()
 
 
 class _DirectInfer:
@@ -825,7 +828,7 @@ class _DirectInfer:
             self._model.in_flight += 1
             self._arrival = _Arrival(self._model)
 
-    async def answer(self, body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def answer(self, body: bytes) -> tuple[int, Sequence[tuple[bytes, bytes]], bytes]:
         model, status = self._model, 200
         _ARRIVAL.set(self._arrival)
         try:
@@ -834,12 +837,12 @@ class _DirectInfer:
             _check_size(len(body), self._max_body)
             content, json_length = await self._answer(model, body, self._json_length)
             if json_length is None:
-                headers = [(b"content-type", b"application/json")]
+                headers = _JSON_HEADERS
             else:
-                headers = [(b"content-type", b"application/octet-stream"), (HEADER_LENGTH.encode(), b"%d" % json_length)]
+                headers = (_BINARY_CONTENT_TYPE, (_HEADER_LENGTH_NAME, b"%d" % json_length))
         except Exception as error:
             status, message = _failure(error, f"POST /v2/models/{self._name}/infer")
-            headers, content = [(b"content-type", b"application/json")], _error_content(message)
+            headers, content = _JSON_HEADERS, _error_content(message)
         finally:
             self.abandon()
         self._metrics.count(self._name if model is not None else "", "infer", "http", str(status), self._started)
@@ -950,7 +953,7 @@ def create_app(settings: Settings) -> Starlette:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(json_length)})
 
-    header_length = HEADER_LENGTH.lower().encode()
+    header_length = _HEADER_LENGTH_NAME.lower()
 
     def direct_route(method: bytes, path: bytes, headers: list[tuple[bytes, bytes]]) -> _DirectInfer | None:
         """The infer request at ``path``, to answer without ASGI (`export.http_protocol`); None for any other."""
